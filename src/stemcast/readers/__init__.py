@@ -1,0 +1,1 @@
+"""File-format readers, one package per format, each with the reference library's API."""

@@ -1,0 +1,142 @@
+"""Dask arrays over Merlin runs whose tasks carry slice descriptors, not data.
+
+The graph holds one small :class:`FrameSource` (paths, layout, shape); each task asks it for a
+block, and the source reads just the records of that block from the file and decodes them into
+native-endian frames. Pickling the array therefore costs a few hundred bytes whatever the file
+size, and tasks run on any worker that sees the files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stemcast.readers.mib._run import MibRun
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSource:
+    """Array-like view of frames ``first:first+prod(nav_shape)`` of a run, decoded on access.
+
+    Parameters
+    ----------
+    run
+        The run to read.
+    first
+        Index of the first frame.
+    nav_shape
+        Navigation shape in array order.
+    flip_rows
+        Whether to flip each frame vertically (the orientation of ``file_reader``).
+    """
+
+    run: MibRun
+    first: int
+    nav_shape: tuple[int, ...]
+    flip_rows: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Array shape: navigation then ``(rows, cols)``."""
+        return (*self.nav_shape, *self.run.layout.frame_shape)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Native dtype of the decoded frames."""
+        return self.run.layout.dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> npt.NDArray[Any]:
+        """Read and decode the block ``key`` (a tuple of step-1 slices, one per axis)."""
+        nav_ndim = len(self.nav_shape)
+        ranges = [key[axis].indices(self.shape[axis]) for axis in range(nav_ndim)]
+        if nav_ndim == 0:
+            lo, hi = self.first, self.first + 1
+        else:
+            starts = [start for start, _, _ in ranges]
+            lasts = [max(stop - 1, start) for start, stop, _ in ranges]
+            lo = self.first + int(np.ravel_multi_index(starts, self.nav_shape))
+            hi = self.first + int(np.ravel_multi_index(lasts, self.nav_shape)) + 1
+        records = self.run.read_records(lo, hi)
+        frames = self.run.layout.decode(records["data"])
+        if self.flip_rows:
+            frames = frames[:, ::-1, :]
+        if nav_ndim == 0:
+            return frames[0][key]
+        if nav_ndim > 1:
+            span = [stop - start for start, stop, _ in ranges]
+            if int(np.prod(span)) != hi - lo:
+                frames = _select_block(frames, ranges, self.nav_shape, lo - self.first)
+        block_nav = tuple(max(stop - start, 0) for start, stop, _ in ranges)
+        frames = frames.reshape(*block_nav, *frames.shape[1:])
+        signal = tuple(key[nav_ndim:])
+        if any(part != slice(None) for part in signal):
+            frames = frames[(Ellipsis, *signal)]
+        return np.ascontiguousarray(frames)
+
+
+def _select_block(
+    frames: npt.NDArray[Any],
+    ranges: list[tuple[int, int, int]],
+    nav_shape: tuple[int, ...],
+    base: int,
+) -> npt.NDArray[Any]:
+    """Pick the frames of a block that does not span whole lines from a contiguous read."""
+    grids = np.meshgrid(*[np.arange(start, stop) for start, stop, _ in ranges], indexing="ij")
+    flat = np.ravel_multi_index([grid.ravel() for grid in grids], nav_shape) - base
+    return frames[flat]
+
+
+def lazy_frames(source: FrameSource, chunks: Any) -> Any:
+    """Wrap a :class:`FrameSource` in a dask array with the given chunks.
+
+    Parameters
+    ----------
+    source
+        The frames.
+    chunks
+        Anything :func:`dask.array.from_array` accepts; ``"auto"`` keeps each frame whole and
+        splits the navigation axes only.
+
+    Returns
+    -------
+    dask.array.Array
+        Native-endian frames.
+    """
+    import dask.array as da
+    from dask.array.core import normalize_chunks
+
+    if isinstance(chunks, str) and chunks == "auto":
+        nav_ndim = len(source.nav_shape)
+        chunks = normalize_chunks(
+            ("auto",) * nav_ndim + (-1, -1),
+            source.shape,
+            dtype=source.dtype,
+            limit=_AUTO_CHUNK_BYTES,
+        )
+    return da.from_array(
+        source,
+        chunks=chunks,
+        asarray=False,
+        fancy=False,
+        meta=np.empty((0,) * source.ndim, dtype=source.dtype),
+        name=f"mib-{_token(source)}",
+    )
+
+
+#: Chunk size for ``chunks="auto"``: small enough to stay in the allocator's free lists (no
+#: page faults on every chunk), large enough to keep the task count low.
+_AUTO_CHUNK_BYTES = 16 * 2**20
+
+
+def _token(source: FrameSource) -> str:
+    from dask.base import tokenize
+
+    return str(tokenize(source.run, source.first, source.nav_shape, source.flip_rows))

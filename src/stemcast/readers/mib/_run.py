@@ -1,0 +1,301 @@
+"""A Merlin acquisition on disk: one ``.mib`` file or several (Merlin's "images per file").
+
+:class:`MibRun` knows the files of a run, their layout and how many complete records each
+holds, and reads record batches from them. It is picklable and small: dask tasks carry it and
+open the files themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stemcast.errors import FormatError, ParameterError
+from stemcast.readers.mib._header import (
+    PREFIX_SIZE,
+    FrameHeader,
+    parse_frame_header,
+    parse_hdr_text,
+    parse_header_size,
+)
+from stemcast.readers.mib._layout import MibLayout
+
+_TRAILING_DIGITS = re.compile(r"^(?P<stem>.*?)(?P<number>\d+)$")
+
+
+def read_first_header(path: str | os.PathLike[str]) -> FrameHeader:
+    """Parse the first frame header of a ``.mib`` file.
+
+    Parameters
+    ----------
+    path
+        The ``.mib`` file.
+
+    Returns
+    -------
+    FrameHeader
+        Its first header.
+    """
+    with open(path, "rb") as stream:
+        size = parse_header_size(stream.read(PREFIX_SIZE), path=path)
+        stream.seek(0)
+        return parse_frame_header(stream.read(size), path=path)
+
+
+def header_from_buffer(buffer: bytes | bytearray | memoryview) -> FrameHeader:
+    """Parse the first frame header of MIB records held in memory."""
+    size = parse_header_size(bytes(buffer[:PREFIX_SIZE]), path="<memory buffer>")
+    return parse_frame_header(bytes(buffer[:size]), path="<memory buffer>")
+
+
+def find_hdr(path: str | os.PathLike[str]) -> Path | None:
+    """Return the ``.hdr`` file written next to a ``.mib`` file, if there is one.
+
+    The Merlin software names it like the ``.mib`` file; for a run split over several files
+    (``scan1.mib``, ``scan2.mib``) it may also be named after the common stem (``scan.hdr``).
+    """
+    mib = Path(path)
+    candidates = [mib.with_suffix(".hdr"), mib.with_suffix(".HDR")]
+    match = _TRAILING_DIGITS.match(mib.stem)
+    if match:
+        candidates.append(mib.with_name(match["stem"] + ".hdr"))
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
+def read_hdr(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Parse a Merlin ``.hdr`` acquisition header file (Latin-1 text)."""
+    with open(path, "rb") as stream:
+        text = stream.read().decode("latin-1")
+    if not text.startswith("HDR"):
+        raise FormatError("not a Merlin acquisition header: does not start with 'HDR'", path=path)
+    return parse_hdr_text(text)
+
+
+@dataclass(frozen=True, slots=True)
+class MibSegment:
+    """One file of a run and the complete records it holds."""
+
+    path: str
+    frames: int
+    first_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class MibRun:
+    """The files of one acquisition, in acquisition order, with their common layout."""
+
+    segments: tuple[MibSegment, ...]
+    layout: MibLayout
+    first_header: FrameHeader
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, follow_siblings: bool = True) -> MibRun:
+        """Open the run that ``path`` belongs to.
+
+        Parameters
+        ----------
+        path
+            A ``.mib`` file.
+        follow_siblings
+            Whether to look for the other files of a run split over several files
+            (``NAME1.mib``, ``NAME2.mib``, ...): those whose first frame continues the
+            sequence numbers of the previous one, with the same layout.
+
+        Returns
+        -------
+        MibRun
+            The run, with the number of complete records of each file.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FormatError("no such file", path=path)
+        header = read_first_header(path)
+        layout = MibLayout.from_header(header, path=path)
+        paths = [path]
+        if follow_siblings:
+            paths = _sibling_chain(path, header, layout)
+        segments = []
+        for member in paths:
+            first = header if member == path else read_first_header(member)
+            frames = os.path.getsize(member) // layout.record_size
+            segments.append(MibSegment(member, frames, first.sequence_number))
+        run = cls(tuple(segments), layout, read_first_header(paths[0]))
+        run.check_last_record()
+        return run
+
+    @property
+    def path(self) -> str:
+        """The first file of the run."""
+        return self.segments[0].path
+
+    @property
+    def frames(self) -> int:
+        """Number of complete records in all files."""
+        return sum(segment.frames for segment in self.segments)
+
+    def check_last_record(self) -> None:
+        """Check that the last complete record starts with a header of the same layout.
+
+        Catches files whose record size changes mid-file without reading every header.
+        """
+        for segment in self.segments:
+            if segment.frames < 2:
+                continue
+            offset = (segment.frames - 1) * self.layout.record_size
+            with open(segment.path, "rb") as stream:
+                stream.seek(offset)
+                prefix = stream.read(PREFIX_SIZE)
+            self._check_prefix(prefix, segment.path, offset)
+
+    def _check_prefix(self, prefix: bytes, path: str, offset: int) -> None:
+        size = parse_header_size(prefix, path=path, offset=offset)
+        if size != self.layout.header_size:
+            raise FormatError(
+                f"frame header size changes mid-file: {size} bytes, the first frame has "
+                f"{self.layout.header_size}",
+                path=path,
+                offset=offset,
+            )
+
+    def _locate(self, frame: int) -> tuple[int, int]:
+        for index, segment in enumerate(self.segments):
+            if frame < segment.frames:
+                return index, frame
+            frame -= segment.frames
+        return len(self.segments), 0
+
+    def read_records(self, start: int, stop: int) -> npt.NDArray[Any]:
+        """Read complete records ``start:stop`` (global frame indices) into memory.
+
+        Parameters
+        ----------
+        start, stop
+            Frame range, ``0 <= start <= stop <= frames``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Structured records (:attr:`MibLayout.record_dtype`), checked to start with a
+            header of the expected size.
+        """
+        if not 0 <= start <= stop <= self.frames:
+            raise ParameterError(
+                f"frame range {start}:{stop} outside 0:{self.frames}", parameter="frames"
+            )
+        dtype = self.layout.record_dtype
+        records = np.empty(stop - start, dtype=dtype)
+        buffer = records.view(np.uint8)
+        filled = 0
+        segment_index, local = self._locate(start)
+        while filled < len(records):
+            segment = self.segments[segment_index]
+            count = min(segment.frames - local, len(records) - filled)
+            offset = local * dtype.itemsize
+            view = memoryview(buffer[filled * dtype.itemsize : (filled + count) * dtype.itemsize])
+            with open(segment.path, "rb", buffering=0) as stream:
+                stream.seek(offset)
+                got = stream.readinto(view)
+            if got != count * dtype.itemsize:
+                raise FormatError(
+                    f"file shrank while reading: {got} of {count * dtype.itemsize} bytes read",
+                    path=segment.path,
+                    offset=offset,
+                )
+            check_headers(records[filled : filled + count], self.layout, segment.path, offset)
+            filled += count
+            segment_index, local = segment_index + 1, 0
+        return records
+
+    def memmap(self, start: int, stop: int, mode: str) -> npt.NDArray[Any] | None:
+        """Memory-map records ``start:stop`` when they lie in one file, else ``None``."""
+        segment_index, local = self._locate(start)
+        if segment_index >= len(self.segments):
+            return np.empty(0, dtype=self.layout.record_dtype)
+        segment = self.segments[segment_index]
+        if local + (stop - start) > segment.frames:
+            return None
+        if stop == start:
+            return np.empty(0, dtype=self.layout.record_dtype)
+        return np.memmap(
+            segment.path,
+            dtype=self.layout.record_dtype,
+            mode=mode,  # type: ignore[arg-type]
+            offset=local * self.layout.record_size,
+            shape=(stop - start,),
+        )
+
+    def headers(self, start: int, stop: int) -> npt.NDArray[Any]:
+        """Return the raw header bytes of frames ``start:stop``."""
+        mapped = self.memmap(start, stop, "r")
+        if mapped is not None:
+            return np.array(mapped["header"])
+        return self.read_records(start, stop)["header"]
+
+
+def check_headers(
+    records: npt.NDArray[Any], layout: MibLayout, path: str, offset: int
+) -> None:
+    """Check, vectorised, that every record starts with ``MQ1,`` and the expected header size.
+
+    Parameters
+    ----------
+    records
+        Structured records read from ``path`` starting at byte ``offset``.
+    layout
+        The expected layout.
+    path, offset
+        Where the records come from, for the error message.
+    """
+    if len(records) == 0:
+        return
+    raw = records.view(np.uint8).reshape(len(records), layout.record_size)
+    expected = np.frombuffer(f"MQ1,".encode(), np.uint8)
+    size_text = np.frombuffer(f"{layout.header_size:05d}".encode(), np.uint8)
+    good = (raw[:, :4] == expected).all(axis=1) & (raw[:, 11:16] == size_text).all(axis=1)
+    if not good.all():
+        bad = int(np.argmin(good))
+        raise FormatError(
+            f"record {bad} does not start with a frame header of {layout.header_size} bytes "
+            f"(found {bytes(raw[bad, :16])!r}); header sizes change mid-file or the file is "
+            "corrupt",
+            path=path,
+            offset=offset + bad * layout.record_size,
+        )
+
+
+def _sibling_chain(path: str, header: FrameHeader, layout: MibLayout) -> list[str]:
+    """Files of the same run as ``path``: same stem with trailing digits, contiguous sequence."""
+    mib = Path(path)
+    match = _TRAILING_DIGITS.match(mib.stem)
+    if not match:
+        return [path]
+    pattern = re.compile(re.escape(match["stem"]) + r"\d+" + re.escape(mib.suffix) + "$")
+    candidates: list[tuple[int, int, str]] = []
+    for entry in os.scandir(mib.parent):
+        if not (pattern.match(entry.name) and entry.is_file()):
+            continue
+        member = os.path.join(os.path.dirname(path), entry.name)
+        try:
+            is_self = os.path.samefile(member, path)
+            first = header if is_self else read_first_header(member)
+            if MibLayout.from_header(first, path=member) != layout:
+                continue
+        except (FormatError, OSError):
+            continue
+        frames = os.path.getsize(member) // layout.record_size
+        candidates.append((first.sequence_number, frames, path if is_self else member))
+    candidates.sort()
+    chain: list[tuple[int, int, str]] = []
+    for candidate in candidates:
+        if chain and candidate[0] != chain[-1][0] + chain[-1][1]:
+            if any(item[2] == path for item in chain):
+                break
+            chain = []
+        chain.append(candidate)
+    return [item[2] for item in chain] if any(item[2] == path for item in chain) else [path]

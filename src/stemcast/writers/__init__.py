@@ -1,0 +1,1 @@
+"""File-format writers: batch writers and streaming writers (open, append frames, close)."""
