@@ -91,10 +91,11 @@ def line_width_from_timestamps(
     int or None
         Frames per scan line, or ``None``.
     """
-    times = np.asarray(times_ns, dtype=np.float64)
+    times = np.asarray(times_ns)
     if times.size < 3:
         return None
-    gaps = np.diff(times)
+    # Differences first: epoch nanoseconds do not fit a float64 mantissa exactly.
+    gaps = np.diff(times).astype(np.float64)
     median = float(np.median(gaps))
     spread = 1.4826 * float(np.median(np.abs(gaps - median)))
     threshold = median + max(5.0 * spread, min_flyback_ns)

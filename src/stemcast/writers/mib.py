@@ -17,12 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast._atomic import atomic_path
-from stemcast.errors import ParameterError
+from stemcast.errors import ParameterError, UnsupportedError
 from stemcast.readers.mib._header import (
     COUNTER_DEPTHS,
     FrameHeader,
     format_frame_header,
     format_hdr_text,
+    merlin_float,
 )
 from stemcast.readers.mib._layout import MibLayout
 
@@ -42,6 +43,8 @@ def _layout_for(
     frame_shape: tuple[int, int], counter_depth: int, quad: bool, raw: bool, gap: bool
 ) -> MibLayout:
     rows, cols = frame_shape
+    if quad and raw and counter_depth == 24:
+        raise UnsupportedError("24-bit RAW quad frames cannot be written (nor decoded)")
     if quad:
         expected_cols = 2 * _CHIP + (2 if gap else 0)
         if cols != expected_cols or rows % 2:
@@ -283,7 +286,7 @@ class MibWriter:
             "Counter Depth (number)": str(layout.counter_depth),
             "Gain": "SLGM",
             "Active Counters": "Alternating",
-            "Thresholds (keV)": ",".join(f"{value:.6E}" for value in _THRESHOLDS),
+            "Thresholds (keV)": ",".join(merlin_float(value) for value in _THRESHOLDS),
             "DACs": "; ".join([",".join(_DACS)] * chips),
             "Gap Fill Mode": "None",
             "Flat Field File": "None",

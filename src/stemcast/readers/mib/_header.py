@@ -263,7 +263,7 @@ def format_frame_header(header: FrameHeader) -> bytes:
         str(header.counter),
         str(header.colour_mode),
         str(header.gain_mode),
-        *(f"{value:.6E}" for value in header.thresholds_kev),
+        *(merlin_float(value) for value in header.thresholds_kev),
         *header.dacs,
     ]
     if header.utc_time is not None:
@@ -274,6 +274,23 @@ def format_frame_header(header: FrameHeader) -> bytes:
             f"frame header needs {len(text)} bytes, more than its size {header.header_size}"
         )
     return text.ljust(header.header_size, b"\x00")
+
+
+def merlin_float(value: float) -> str:
+    """Format a number as the Merlin software does: ``5.110000E+2`` (one-digit exponent).
+
+    Parameters
+    ----------
+    value
+        The number.
+
+    Returns
+    -------
+    str
+        Six decimals, then ``E`` and the signed exponent without zero padding.
+    """
+    mantissa, exponent = f"{value:.6E}".split("E")
+    return f"{mantissa}E{int(exponent):+d}"
 
 
 def parse_hdr_text(text: str) -> dict[str, str]:

@@ -1,0 +1,67 @@
+"""Recognise a file's format from its name and first bytes, and find its reader."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stemcast.errors import FormatError
+
+Reader = Callable[..., list[dict[str, Any]]]
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Return the format name of ``path`` (``"mib"``).
+
+    Parameters
+    ----------
+    path
+        A data file.
+
+    Returns
+    -------
+    str
+        The format name.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FormatError("no such file", path=file)
+    with open(file, "rb") as stream:
+        start = stream.read(4)
+    if start == b"MQ1," or file.suffix.lower() == ".mib":
+        return "mib"
+    raise FormatError(
+        f"unrecognised format (suffix {file.suffix!r}, first bytes {start!r}); "
+        "supported: Merlin .mib",
+        path=file,
+    )
+
+
+def reader_for(path: str | os.PathLike[str]) -> Reader:
+    """Return the ``file_reader`` function for the format of ``path``."""
+    name = detect_format(path)
+    if name == "mib":
+        from stemcast.readers.mib import file_reader
+
+        return file_reader
+    raise FormatError(f"no reader for format {name!r}", path=path)
+
+
+def load(path: str | os.PathLike[str], **kwargs: Any) -> list[dict[str, Any]]:
+    """Read a data file with the reader of its format.
+
+    Parameters
+    ----------
+    path
+        A data file.
+    **kwargs
+        Passed to the format's ``file_reader``.
+
+    Returns
+    -------
+    list of dict
+        The reader's result (``data``, ``axes``, ``metadata``, ``original_metadata``).
+    """
+    return reader_for(path)(path, **kwargs)
