@@ -8,7 +8,7 @@ import logging
 import sys
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +90,21 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"loads {' x '.join(map(str, summary['shape_loaded']))} (complete lines)"
     )
     lines = [
-        ("format", f"{summary['format']}, {kind}, {summary['counter_depth']}-bit counter, "
-                   f"{summary['geometry']} detector"),
+        (
+            "format",
+            f"{summary['format']}, {kind}, {summary['counter_depth']}-bit counter, "
+            f"{summary['geometry']} detector",
+        ),
         ("files", ", ".join(summary["files"])),
         ("header file", summary["hdr"] or "none"),
         ("frames", f"{summary['frames']} ({summary['bytes'] / 1e6:.1f} MB)"),
         ("frame", f"{rows} x {cols} {summary['dtype']}, record {summary['record_size']} bytes"),
         ("exposure", f"{summary['exposure_ms']} ms, first frame {summary['first_timestamp']}"),
-        ("scan shape", f"{' x '.join(map(str, summary['scan_shape']))} (x, y) from "
-                       f"{summary['scan_shape_evidence']}: {summary['scan_shape_detail']}"),
+        (
+            "scan shape",
+            f"{' x '.join(map(str, summary['scan_shape']))} (x, y) from "
+            f"{summary['scan_shape_evidence']}: {summary['scan_shape_detail']}",
+        ),
         ("acquisition", state),
     ]
     for name, value in lines:
@@ -146,8 +152,10 @@ def _demo(args: argparse.Namespace) -> int:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "demo.mib"
         x, y = args.scan
-        print(f"Writing a simulated {x} x {y} scan of {args.frame_size}-pixel Merlin frames "
-              f"({args.depth}-bit) to {path}")
+        print(
+            f"Writing a simulated {x} x {y} scan of {args.frame_size}-pixel Merlin frames "
+            f"({args.depth}-bit) to {path}"
+        )
         with (
             MibWriter(
                 path,
@@ -156,7 +164,7 @@ def _demo(args: argparse.Namespace) -> int:
                 exposure_s=0.001,
                 scan_shape=(x, y),
                 flyback_s=0.0005,
-                start_time=datetime.now(timezone.utc),
+                start_time=datetime.now(UTC),
             ) as writer,
             tqdm(total=x * y, unit="frame", disable=not sys.stderr.isatty()) as progress,
         ):
@@ -170,11 +178,16 @@ def _demo(args: argparse.Namespace) -> int:
         _print_summary(mib_summary(path))
         data = file_reader(path, lazy=True)[0]["data"]
         rows, cols = data.shape[-2:]
-        disk = data[..., rows // 2 - rows // 16 : rows // 2 + rows // 16,
-                    cols // 2 - cols // 16 : cols // 2 + cols // 16]
+        disk = data[
+            ...,
+            rows // 2 - rows // 16 : rows // 2 + rows // 16,
+            cols // 2 - cols // 16 : cols // 2 + cols // 16,
+        ]
         image = np.asarray(disk.sum(axis=(-2, -1)).compute())
-        print(f"\nVirtual bright-field image ({' x '.join(map(str, image.shape))} scan, "
-              "central disk, lazy read):")
+        print(
+            f"\nVirtual bright-field image ({' x '.join(map(str, image.shape))} scan, "
+            "central disk, lazy read):"
+        )
         print(_render(image))
         if args.directory:
             print(f"\nThe acquisition stays in {directory}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -235,26 +236,30 @@ def timestamps_ns(headers: Iterable[bytes]) -> npt.NDArray[np.int64]:
     return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
 
 
+def _user_shape(navigation_shape: Sequence[int]) -> tuple[int, ...]:
+    """Return the user's ``navigation_shape`` as a tuple of positive ints, or raise."""
+    if isinstance(navigation_shape, (str, bytes)) or not isinstance(navigation_shape, Sequence):
+        raise ParameterError(
+            f"expected a tuple of int, got {navigation_shape!r}", parameter="navigation_shape"
+        )
+    try:
+        shape = tuple(operator.index(size) for size in navigation_shape)
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"expected a tuple of int, got {navigation_shape!r}", parameter="navigation_shape"
+        ) from None
+    if not shape or any(size < 1 for size in shape):
+        raise ParameterError(f"{shape} has a size below 1", parameter="navigation_shape")
+    return shape
+
+
 def _navigation(
     navigation_shape: Sequence[int] | None, first: int, n_load: int, frames_in_file: int
 ) -> tuple[int, ...]:
     """Array-order navigation shape for the frames to load (the reference's rules)."""
     if navigation_shape is None:
         return (n_load,)
-    if isinstance(navigation_shape, (str, bytes)) or not isinstance(navigation_shape, Sequence):
-        raise ParameterError(
-            f"expected a tuple of int, got {navigation_shape!r}", parameter="navigation_shape"
-        )
-    try:
-        shape = tuple(int(size) for size in navigation_shape)
-    except (TypeError, ValueError):
-        raise ParameterError(
-            f"expected a tuple of int, got {navigation_shape!r}", parameter="navigation_shape"
-        ) from None
-    if not shape or any(size < 1 for size in shape):
-        raise ParameterError(
-            f"{shape} has a size below 1", parameter="navigation_shape"
-        )
+    shape = _user_shape(navigation_shape)
     total = int(np.prod(shape, dtype=np.int64))
     if total > frames_in_file:
         if first == 0 and len(shape) > 1:
@@ -283,6 +288,23 @@ def _navigation(
         )
         return (n_load,)
     return tuple(reversed(shape))
+
+
+def _frame_range(
+    first_frame: int | None, last_frame: int | None, frames_in_file: int, path: str | None
+) -> tuple[int, int]:
+    """``(first, n_load)`` of ``slice(first_frame, last_frame)``; refuses empty selections."""
+    for name, value in (("first_frame", first_frame), ("last_frame", last_frame)):
+        if value is not None and not hasattr(value, "__index__"):
+            raise ParameterError(f"expected an int or None, got {value!r}", parameter=name)
+    first, last, _ = slice(first_frame, last_frame).indices(frames_in_file)
+    if frames_in_file and last <= first:
+        raise ParameterError(
+            f"frames {first_frame}:{last_frame} select none of the {frames_in_file} frames",
+            path=path,
+            parameter="first_frame" if first >= frames_in_file else "last_frame",
+        )
+    return first, max(last - first, 0)
 
 
 def _check_mmap_mode(mmap_mode: str | None, lazy: bool) -> str:
@@ -376,8 +398,7 @@ def load_mib_data(
         )
     layout = mib_prop._layout()
     frames_in_file = mib_prop.frame_number_in_file or 0
-    first, last, _ = slice(first_frame, last_frame).indices(frames_in_file)
-    n_load = max(last - first, 0)
+    first, n_load = _frame_range(first_frame, last_frame, frames_in_file, mib_prop.path)
     nav = _navigation(navigation_shape, first, n_load, frames_in_file)
     count = int(np.prod(nav, dtype=np.int64))
     mib_prop.navigation_shape = nav
@@ -547,6 +568,8 @@ def file_reader(
     ``original_metadata["scan_shape"]``.
     """
     del distributed
+    if navigation_shape is not None:
+        _user_shape(navigation_shape)
     prop = MIBProperties.from_path(filename)
     hdr_path = find_hdr(filename)
     hdr = read_hdr(hdr_path) if hdr_path is not None else None
@@ -582,8 +605,8 @@ def _load_oriented(
 ) -> Any:
     """Decoded (native-endian) frames, flipped as ``file_reader`` returns them."""
     frames_in_file = prop.frame_number_in_file or 0
-    first, last, _ = slice(first_frame, last_frame).indices(frames_in_file)
-    nav = _navigation(navigation_shape, first, max(last - first, 0), frames_in_file)
+    first, n_load = _frame_range(first_frame, last_frame, frames_in_file, prop.path)
+    nav = _navigation(navigation_shape, first, n_load, frames_in_file)
     prop.navigation_shape = nav
     prop.xy = int(np.prod(nav, dtype=np.int64))
     if print_info:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from stemcast.errors import FormatError
+from stemcast.errors import FormatError, TruncatedError
 
 MAGIC = "MQ1"
 EXTENDED_MAGIC = "MQ1A"
@@ -106,7 +106,7 @@ def parse_header_size(
             offset=offset,
         )
     if len(prefix) < PREFIX_SIZE:
-        raise FormatError(
+        raise TruncatedError(
             f"frame header cut short after {len(prefix)} bytes", path=where, offset=offset
         )
     text = prefix[:PREFIX_SIZE].decode("latin-1")
@@ -139,7 +139,7 @@ def parse_frame_header(
     where = os.fspath(path) if path is not None else None
     size = parse_header_size(raw, path=where, offset=offset)
     if len(raw) < size:
-        raise FormatError(
+        raise TruncatedError(
             f"frame header announces {size} bytes but only {len(raw)} are present",
             path=where,
             offset=offset,
@@ -309,7 +309,7 @@ def parse_hdr_text(text: str) -> dict[str, str]:
     """
     entries: dict[str, str] = {}
     for line in text.splitlines():
-        if line.startswith("HDR") or line.startswith("End") or not line.strip():
+        if line.startswith(("HDR", "End\t")) or not line.strip():
             continue
         key, tab, value = line.partition("\t")
         if not tab:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stemcast.readers.mib._run import MibRun
+from stemcast.readers.mib._run import MibRun, check_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +64,11 @@ class FrameSource:
             lasts = [max(stop - 1, start) for start, stop, _ in ranges]
             lo = self.first + int(np.ravel_multi_index(starts, self.nav_shape))
             hi = self.first + int(np.ravel_multi_index(lasts, self.nav_shape)) + 1
-        records = self.run.read_records(lo, hi)
-        frames = self.run.layout.decode(records["data"])
-        if self.flip_rows:
-            frames = frames[:, ::-1, :]
+        records = _records(self.run, lo, hi)
+        layout = self.run.layout
+        frames = np.empty((hi - lo, *layout.frame_shape), dtype=layout.dtype)
+        # Decode straight into the flipped orientation: one pass, and a C-ordered result.
+        layout.decode(records["data"], out=frames[:, ::-1, :] if self.flip_rows else frames)
         if nav_ndim == 0:
             return frames[0][key]
         if nav_ndim > 1:
@@ -80,6 +81,21 @@ class FrameSource:
         if any(part != slice(None) for part in signal):
             frames = frames[(Ellipsis, *signal)]
         return np.ascontiguousarray(frames)
+
+
+def _records(run: MibRun, lo: int, hi: int) -> npt.NDArray[Any]:
+    """Records ``lo:hi``, header-checked: a read-only map of the page cache when they lie in
+    one file (decoding then copies the pixels once), else read into memory."""
+    try:
+        mapped = run.memmap(lo, hi, "r")
+    except (OSError, ValueError):  # the file shrank: let read_records report it
+        mapped = None
+    if mapped is None:
+        return run.read_records(lo, hi)
+    if len(mapped):
+        index, local = run._locate(lo)
+        check_headers(mapped, run.layout, run.segments[index].path, local * run.layout.record_size)
+    return mapped
 
 
 def _select_block(
@@ -114,12 +130,10 @@ def lazy_frames(source: FrameSource, chunks: Any) -> Any:
     from dask.array.core import normalize_chunks
 
     if isinstance(chunks, str) and chunks == "auto":
-        nav_ndim = len(source.nav_shape)
         chunks = normalize_chunks(
-            ("auto",) * nav_ndim + (-1, -1),
+            _auto_chunks(source.nav_shape, source.run.layout.bytes_per_frame_decoded),
             source.shape,
             dtype=source.dtype,
-            limit=_AUTO_CHUNK_BYTES,
         )
     return da.from_array(
         source,
@@ -129,6 +143,26 @@ def lazy_frames(source: FrameSource, chunks: Any) -> Any:
         meta=np.empty((0,) * source.ndim, dtype=source.dtype),
         name=f"mib-{_token(source)}",
     )
+
+
+def _auto_chunks(nav_shape: tuple[int, ...], frame_bytes: int) -> tuple[int, ...]:
+    """Chunks of about :data:`_AUTO_CHUNK_BYTES` that are contiguous runs of frames.
+
+    Whole frames; whole trailing navigation axes (complete scan lines) as long as they fit,
+    so that each block is one contiguous read. Blocks of a square chunking (dask's ``"auto"``)
+    would span many scan lines of which only a few frames are kept.
+    """
+    budget = max(_AUTO_CHUNK_BYTES // max(frame_bytes, 1), 1)
+    chunks: list[int] = []
+    for size in reversed(nav_shape):
+        if size <= budget:
+            chunks.append(size)
+            budget //= max(size, 1)
+        else:
+            blocks = -(-size // budget)
+            chunks.append(-(-size // blocks))
+            budget = 1
+    return (*reversed(chunks), -1, -1)
 
 
 #: Chunk size for ``chunks="auto"``: small enough to stay in the allocator's free lists (no

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stemcast.batch import FrameBatch
 from stemcast.errors import FormatError, ParameterError
 from stemcast.readers.mib._header import (
     PREFIX_SIZE,
@@ -70,6 +72,8 @@ def find_hdr(path: str | os.PathLike[str]) -> Path | None:
 
 def read_hdr(path: str | os.PathLike[str]) -> dict[str, str]:
     """Parse a Merlin ``.hdr`` acquisition header file (Latin-1 text)."""
+    if not os.path.isfile(path):
+        raise FormatError("no such file", path=path)
     with open(path, "rb") as stream:
         text = stream.read().decode("latin-1")
     if not text.startswith("HDR"):
@@ -230,10 +234,38 @@ class MibRun:
             shape=(stop - start,),
         )
 
+    def batches(
+        self, start: int = 0, stop: int | None = None, *, batch_frames: int = 64
+    ) -> Iterator[FrameBatch]:
+        """Yield frames ``start:stop`` decoded, ``batch_frames`` at a time (bounded memory).
+
+        Parameters
+        ----------
+        start, stop
+            Frame range; ``stop`` defaults to all complete records.
+        batch_frames
+            Frames per batch.
+
+        Yields
+        ------
+        FrameBatch
+            Native-endian frames, rows as stored, with their raw headers.
+        """
+        stop = self.frames if stop is None else stop
+        if batch_frames < 1:
+            raise ParameterError(f"{batch_frames} is below 1", parameter="batch_frames")
+        for first in range(start, stop, batch_frames):
+            records = self.read_records(first, min(first + batch_frames, stop))
+            yield FrameBatch(first, self.layout.decode(records["data"]), records["header"])
+
     def headers(self, start: int, stop: int) -> npt.NDArray[Any]:
         """Return the raw header bytes of frames ``start:stop``."""
         mapped = self.memmap(start, stop, "r")
         if mapped is not None:
+            if len(mapped):
+                index, local = self._locate(start)
+                path, offset = self.segments[index].path, local * self.layout.record_size
+                check_headers(mapped, self.layout, path, offset)
             return np.array(mapped["header"])
         return self.read_records(start, stop)["header"]
 
@@ -261,7 +293,8 @@ def check_headers(
     if not good.all():
         bad = int(np.argmin(good))
         raise FormatError(
-            f"record {bad} does not start with a frame header of {layout.header_size} bytes "
+            f"record {offset // layout.record_size + bad} does not start with a frame header of "
+            f"{layout.header_size} bytes "
             f"(found {bytes(raw[bad, :16])!r}); header sizes change mid-file or the file is "
             "corrupt",
             path=path,
@@ -276,7 +309,7 @@ def _sibling_chain(path: str, header: FrameHeader, layout: MibLayout) -> list[st
     if not match:
         return [path]
     pattern = re.compile(re.escape(match["stem"]) + r"\d+" + re.escape(mib.suffix) + "$")
-    candidates: list[tuple[int, int, str]] = []
+    candidates: list[_Candidate] = []
     for entry in os.scandir(mib.parent):
         if not (pattern.match(entry.name) and entry.is_file()):
             continue
@@ -289,13 +322,66 @@ def _sibling_chain(path: str, header: FrameHeader, layout: MibLayout) -> list[st
         except (FormatError, OSError):
             continue
         frames = os.path.getsize(member) // layout.record_size
-        candidates.append((first.sequence_number, frames, path if is_self else member))
-    candidates.sort()
-    chain: list[tuple[int, int, str]] = []
-    for candidate in candidates:
-        if chain and candidate[0] != chain[-1][0] + chain[-1][1]:
-            if any(item[2] == path for item in chain):
-                break
-            chain = []
-        chain.append(candidate)
-    return [item[2] for item in chain] if any(item[2] == path for item in chain) else [path]
+        candidates.append(
+            (first.sequence_number, frames, path if is_self else member, _start_ns(first))
+        )
+    return [item[2] for item in _chain_through(candidates, path)] or [path]
+
+
+def _start_ns(header: FrameHeader) -> int | None:
+    """UTC time of a frame in nanoseconds, if its header has the extended block."""
+    try:
+        return int(np.datetime64((header.utc_time or "").removesuffix("Z"), "ns").astype(np.int64))
+    except ValueError:
+        return None
+
+
+#: A file that may belong to a run: first sequence number, frames, path, start time (ns).
+_Candidate = tuple[int, int, str, int | None]
+
+
+def _chain_through(candidates: list[_Candidate], path: str) -> list[_Candidate]:
+    """Follow sequence numbers from ``path`` backwards and forwards, one file per step.
+
+    A file continues another when its first sequence number is the other's first plus its
+    frame count and it started later; of several such files the closest in time wins, so a new
+    acquisition restarting at sequence 1 in the same folder is never joined to this one.
+    """
+    this = next((item for item in candidates if item[2] == path), None)
+    if this is None:
+        return []
+    chain = [this]
+
+    def later(first: _Candidate, then: _Candidate) -> bool:
+        return first[3] is None or then[3] is None or then[3] > first[3]
+
+    def when(item: _Candidate) -> tuple[int, str]:
+        return (item[3] or 0, item[2])
+
+    while True:
+        head = chain[0]
+        before = [
+            item
+            for item in candidates
+            if item not in chain
+            and item[1] > 0
+            and item[0] + item[1] == head[0]
+            and later(item, head)
+        ]
+        if not before:
+            break
+        chain.insert(0, max(before, key=when))
+    while chain[-1][1] > 0:
+        tail = chain[-1]
+        after = [
+            item
+            for item in candidates
+            if item not in chain
+            and item[1] > 0
+            and item[0] == tail[0] + tail[1]
+            and later(tail, item)
+        ]
+        if not after:
+            break
+        chain.append(min(after, key=when))
+    return chain
