@@ -29,7 +29,7 @@ __all__ = [
 MIN_FLYBACK_NS = 100.0
 
 
-class Evidence(str, enum.Enum):
+class Evidence(enum.StrEnum):
     """Where a scan shape came from."""
 
     USER = "user"
@@ -188,7 +188,5 @@ def infer_scan_shape(
         width = line_width_from_timestamps(timestamps_ns)
         if width is not None and total >= width:
             shape = (width, total // width)
-            return ScanShape(
-                shape, Evidence.TIMESTAMPS, f"fly-back gap after every {width} frames"
-            )
+            return ScanShape(shape, Evidence.TIMESTAMPS, f"fly-back gap after every {width} frames")
     return ScanShape((frames,), Evidence.NONE, "no scan shape found: a stack of frames")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,10 +30,35 @@ from stemcast.readers.mib._layout import MibLayout
 __all__ = ["MibWriter", "write_mib"]
 
 #: DAC values of one Medipix3RX chip as the Merlin software writes them (27 values).
-_DACS = (
-    "011,511,000,000,000,000,000,000,175,010,200,125,100,100,093,100,099,030,128,004,255,140,"
-    "128,191,179,511,511"
-).split(",")
+_DACS = [
+    "011",
+    "511",
+    "000",
+    "000",
+    "000",
+    "000",
+    "000",
+    "000",
+    "175",
+    "010",
+    "200",
+    "125",
+    "100",
+    "100",
+    "093",
+    "100",
+    "099",
+    "030",
+    "128",
+    "004",
+    "255",
+    "140",
+    "128",
+    "191",
+    "179",
+    "511",
+    "511",
+]
 _THRESHOLDS = (2.0, 511.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 _PROCESSED_TYPES = {1: "U08", 6: "U08", 12: "U16", 24: "U32"}
 _CHIP = 256
@@ -146,8 +171,8 @@ class MibWriter:
         self.interval_ns = round((frame_interval_s or exposure_s) * 1e9)
         self.flyback_ns = round(flyback_s * 1e9)
         self.scan_shape = tuple(int(size) for size in scan_shape) if scan_shape else None
-        start = start_time or datetime.now(timezone.utc)
-        self.start_ns = np.datetime64(start.astimezone(timezone.utc).replace(tzinfo=None), "ns")
+        start = start_time or datetime.now(UTC)
+        self.start_ns = np.datetime64(start.astimezone(UTC).replace(tzinfo=None), "ns")
         self.first_sequence = first_sequence
         self.frames_written = 0
         self.frames_per_trigger = frames_per_trigger
@@ -249,7 +274,7 @@ class MibWriter:
     def write(self, frames: npt.ArrayLike) -> None:
         """Append one frame ``(rows, cols)`` or a batch ``(n, rows, cols)`` of frames."""
         records = self.records(frames)
-        self._stream.write(memoryview(records.view(np.uint8)))
+        self._stream.write(records.view(np.uint8).data)
         self.frames_written += len(records)
 
     def write_partial(self, frame: npt.ArrayLike, nbytes: int) -> None:
@@ -259,7 +284,7 @@ class MibWriter:
         as written.
         """
         record = self.records(frame).view(np.uint8)
-        self._stream.write(memoryview(record[: max(0, min(nbytes, record.size - 1))]))
+        self._stream.write(record[: max(0, min(nbytes, record.size - 1))].data)
 
     def hdr_bytes(self, frames_expected: int) -> bytes:
         """Render the ``.hdr`` acquisition header of this acquisition.
@@ -338,26 +363,29 @@ def write_mib(
         The written ``.mib`` file.
     """
     final = Path(path)
-    if isinstance(frames, np.ndarray) or hasattr(frames, "shape"):
-        array = frames
-        options.setdefault("frame_shape", tuple(array.shape[-2:]))  # type: ignore[union-attr]
-        if array.ndim == 4:  # type: ignore[union-attr]
-            options.setdefault("scan_shape", (array.shape[1], array.shape[0]))  # type: ignore[union-attr]
-        flat = array.reshape(-1, *array.shape[-2:])  # type: ignore[union-attr]
-        batches: Iterable[Any] = (
-            np.asarray(flat[start : start + batch_frames]) for start in range(0, len(flat), batch_frames)
+    batches: Iterable[Any]
+    if hasattr(frames, "shape"):
+        array: Any = frames
+        options.setdefault("frame_shape", tuple(array.shape[-2:]))
+        if array.ndim == 4:
+            options.setdefault("scan_shape", (array.shape[1], array.shape[0]))
+        flat = array.reshape(-1, *array.shape[-2:])
+        batches = (
+            np.asarray(flat[start : start + batch_frames])
+            for start in range(0, len(flat), batch_frames)
         )
     else:
         batches = iter(frames)  # type: ignore[arg-type]
     write_hdr = options.pop("write_hdr", True)
     frames_expected = options.pop("frames_expected", None)
-    with atomic_path(final) as temporary:
-        with MibWriter(temporary, write_hdr=False, **options) as writer:
-            for batch in batches:
-                writer.write(batch)
+    with (
+        atomic_path(final) as temporary,
+        MibWriter(temporary, write_hdr=False, **options) as writer,
+    ):
+        for batch in batches:
+            writer.write(batch)
     if write_hdr:
+        expected = writer.frames_written if frames_expected is None else frames_expected
         with atomic_path(final.with_suffix(".hdr")) as temporary:
-            temporary.write_bytes(
-                writer.hdr_bytes(frames_expected if frames_expected is not None else writer.frames_written)
-            )
+            temporary.write_bytes(writer.hdr_bytes(expected))
     return final

@@ -8,16 +8,23 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import ParameterError
 from stemcast.readers.mib._header import FrameHeader
-from stemcast.readers.mib._lazy import FrameSource, lazy_frames
 from stemcast.readers.mib._layout import MibLayout
-from stemcast.readers.mib._run import MibRun, check_headers, find_hdr, header_from_buffer, read_hdr
+from stemcast.readers.mib._lazy import FrameSource, lazy_frames
+from stemcast.readers.mib._run import (
+    MibRun,
+    MmapMode,
+    check_headers,
+    find_hdr,
+    header_from_buffer,
+    read_hdr,
+)
 from stemcast.shape import ScanShape, complete_lines, infer_scan_shape
 
 _logger = logging.getLogger(__name__)
@@ -307,7 +314,7 @@ def _frame_range(
     return first, max(last - first, 0)
 
 
-def _check_mmap_mode(mmap_mode: str | None, lazy: bool) -> str:
+def _check_mmap_mode(mmap_mode: str | None, lazy: bool) -> MmapMode:
     if mmap_mode is None:
         return "r" if lazy else "c"
     if mmap_mode == "w+":
@@ -316,14 +323,12 @@ def _check_mmap_mode(mmap_mode: str | None, lazy: bool) -> str:
             parameter="mmap_mode",
         )
     if mmap_mode not in _MMAP_MODES:
-        raise ParameterError(
-            f"{mmap_mode!r} is not one of {_MMAP_MODES}", parameter="mmap_mode"
-        )
+        raise ParameterError(f"{mmap_mode!r} is not one of {_MMAP_MODES}", parameter="mmap_mode")
     if lazy and mmap_mode == "r+":
         raise ParameterError(
             "lazy loading does not support in-place writing ('r+')", parameter="mmap_mode"
         )
-    return mmap_mode
+    return cast(MmapMode, mmap_mode)
 
 
 def load_mib_data(
@@ -432,10 +437,7 @@ def _shape_output(
     return_mmap: bool,
 ) -> Any:
     """Reshape records to ``nav + frame`` data (stored values, or decoded when RAW)."""
-    if layout.raw or not return_mmap:
-        data = layout.decode(records["data"])
-    else:
-        data = records["data"]
+    data = layout.decode(records["data"]) if layout.raw or not return_mmap else records["data"]
     data = data.reshape(*nav, *layout.frame_shape)
     if not return_mmap:
         data = _squeeze(data)
@@ -603,7 +605,7 @@ def _load_oriented(
     last_frame: int | None,
     print_info: bool,
 ) -> Any:
-    """Decoded (native-endian) frames, flipped as ``file_reader`` returns them."""
+    """Return decoded (native-endian) frames, flipped as ``file_reader`` returns them."""
     frames_in_file = prop.frame_number_in_file or 0
     first, n_load = _frame_range(first_frame, last_frame, frames_in_file, prop.path)
     nav = _navigation(navigation_shape, first, n_load, frames_in_file)
@@ -661,4 +663,3 @@ def _signal_dict(
         "original_metadata": original,
         "mapping": {},
     }
-

@@ -113,7 +113,9 @@ def parse_header_size(
     size = _integer(text[11:16], "2 (header size)", path=where, offset=offset)
     if text[10] != "," or size < PREFIX_SIZE:
         raise FormatError(
-            f"frame header size field {text[11:16]!r} is not a valid size", path=where, offset=offset
+            f"frame header size field {text[11:16]!r} is not a valid size",
+            path=where,
+            offset=offset,
         )
     return size
 
@@ -267,7 +269,8 @@ def format_frame_header(header: FrameHeader) -> bytes:
         *header.dacs,
     ]
     if header.utc_time is not None:
-        fields += [EXTENDED_MAGIC, header.utc_time, f"{header.shutter_ns}ns", str(header.counter_depth)]
+        shutter = f"{header.shutter_ns}ns"
+        fields += [EXTENDED_MAGIC, header.utc_time, shutter, str(header.counter_depth)]
     text = (",".join(fields) + ",").encode("latin-1")
     if len(text) > header.header_size:
         raise FormatError(

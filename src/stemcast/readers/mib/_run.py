@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,9 @@ from stemcast.readers.mib._header import (
     parse_header_size,
 )
 from stemcast.readers.mib._layout import MibLayout
+
+#: Memory-map modes that never write to the source file's bytes on disk, plus "r+".
+MmapMode = Literal["r", "r+", "c"]
 
 _TRAILING_DIGITS = re.compile(r"^(?P<stem>.*?)(?P<number>\d+)$")
 
@@ -201,7 +204,7 @@ class MibRun:
             segment = self.segments[segment_index]
             count = min(segment.frames - local, len(records) - filled)
             offset = local * dtype.itemsize
-            view = memoryview(buffer[filled * dtype.itemsize : (filled + count) * dtype.itemsize])
+            view = buffer[filled * dtype.itemsize : (filled + count) * dtype.itemsize].data
             with open(segment.path, "rb", buffering=0) as stream:
                 stream.seek(offset)
                 got = stream.readinto(view)
@@ -216,7 +219,7 @@ class MibRun:
             segment_index, local = segment_index + 1, 0
         return records
 
-    def memmap(self, start: int, stop: int, mode: str) -> npt.NDArray[Any] | None:
+    def memmap(self, start: int, stop: int, mode: MmapMode) -> npt.NDArray[Any] | None:
         """Memory-map records ``start:stop`` when they lie in one file, else ``None``."""
         segment_index, local = self._locate(start)
         if segment_index >= len(self.segments):
@@ -226,13 +229,14 @@ class MibRun:
             return None
         if stop == start:
             return np.empty(0, dtype=self.layout.record_dtype)
-        return np.memmap(
+        mapped: npt.NDArray[Any] = np.memmap(
             segment.path,
             dtype=self.layout.record_dtype,
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             offset=local * self.layout.record_size,
             shape=(stop - start,),
         )
+        return mapped
 
     def batches(
         self, start: int = 0, stop: int | None = None, *, batch_frames: int = 64
@@ -270,9 +274,7 @@ class MibRun:
         return self.read_records(start, stop)["header"]
 
 
-def check_headers(
-    records: npt.NDArray[Any], layout: MibLayout, path: str, offset: int
-) -> None:
+def check_headers(records: npt.NDArray[Any], layout: MibLayout, path: str, offset: int) -> None:
     """Check, vectorised, that every record starts with ``MQ1,`` and the expected header size.
 
     Parameters
@@ -287,7 +289,7 @@ def check_headers(
     if len(records) == 0:
         return
     raw = records.view(np.uint8).reshape(len(records), layout.record_size)
-    expected = np.frombuffer(f"MQ1,".encode(), np.uint8)
+    expected = np.frombuffer(b"MQ1,", np.uint8)
     size_text = np.frombuffer(f"{layout.header_size:05d}".encode(), np.uint8)
     good = (raw[:, :4] == expected).all(axis=1) & (raw[:, 11:16] == size_text).all(axis=1)
     if not good.all():
