@@ -13,7 +13,7 @@ Reader = Callable[..., list[dict[str, Any]]]
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """Return the format name of ``path`` (``"mib"``).
+    """Return the format name of ``path`` (``"mib"``, ``"blockfile"``).
 
     Parameters
     ----------
@@ -29,12 +29,15 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if not file.is_file():
         raise FormatError("no such file", path=file)
     with open(file, "rb") as stream:
-        start = stream.read(4)
-    if start == b"MQ1," or file.suffix.lower() == ".mib":
+        start = stream.read(6)
+    suffix = file.suffix.lower()
+    if start[:4] == b"MQ1," or suffix == ".mib":
         return "mib"
+    if start == b"IMGBLO" or suffix == ".blo":
+        return "blockfile"
     raise FormatError(
         f"unrecognised format (suffix {file.suffix!r}, first bytes {start!r}); "
-        "supported: Merlin .mib",
+        "supported: Merlin .mib, NanoMegas .blo",
         path=file,
     )
 
@@ -46,6 +49,10 @@ def reader_for(path: str | os.PathLike[str]) -> Reader:
         from stemcast.readers.mib import file_reader
 
         return file_reader
+    if name == "blockfile":
+        from stemcast.readers.blockfile import file_reader as read_blockfile
+
+        return read_blockfile
     raise FormatError(f"no reader for format {name!r}", path=path)
 
 
