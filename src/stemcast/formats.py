@@ -13,7 +13,7 @@ Reader = Callable[..., list[dict[str, Any]]]
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """Return the format name of ``path`` (``"mib"``, ``"blockfile"``).
+    """Return the format name of ``path`` (``"mib"``, ``"tvips"``, ``"blockfile"``).
 
     Parameters
     ----------
@@ -26,6 +26,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         The format name.
     """
     file = Path(path)
+    if file.suffix.lower() == ".tvips":
+        # NAME.tvips names the series NAME_000.tvips, NAME_001.tvips, ...
+        return "tvips"
     if not file.is_file():
         raise FormatError("no such file", path=file)
     with open(file, "rb") as stream:
@@ -37,7 +40,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "blockfile"
     raise FormatError(
         f"unrecognised format (suffix {file.suffix!r}, first bytes {start!r}); "
-        "supported: Merlin .mib, NanoMegas .blo",
+        "supported: Merlin .mib, TVIPS .tvips, NanoMegas .blo",
         path=file,
     )
 
@@ -49,6 +52,10 @@ def reader_for(path: str | os.PathLike[str]) -> Reader:
         from stemcast.readers.mib import file_reader
 
         return file_reader
+    if name == "tvips":
+        from stemcast.readers.tvips import file_reader as read_tvips
+
+        return read_tvips
     if name == "blockfile":
         from stemcast.readers.blockfile import file_reader as read_blockfile
 

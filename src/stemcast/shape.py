@@ -18,10 +18,13 @@ from stemcast.errors import ParameterError
 
 __all__ = [
     "Evidence",
+    "ScanGrid",
     "ScanShape",
     "complete_lines",
     "infer_scan_shape",
     "line_width_from_timestamps",
+    "rotator_grid",
+    "scan_from_rotator",
 ]
 
 #: The smallest extra time (ns) between two frames that counts as a line fly-back. Merlin
@@ -190,3 +193,175 @@ def infer_scan_shape(
             shape = (width, total // width)
             return ScanShape(shape, Evidence.TIMESTAMPS, f"fly-back gap after every {width} frames")
     return ScanShape((frames,), Evidence.NONE, "no scan shape found: a stack of frames")
+
+
+@dataclass(frozen=True, slots=True)
+class ScanGrid:
+    """A scan shape with the frame that stands for each scan position.
+
+    Attributes
+    ----------
+    scan
+        The shape, ``(x, y)`` or ``(x, y, scans)``, and its evidence.
+    frames
+        Frame index of every scan position in array order, ``(y, x)`` or ``(scans, y, x)``;
+        ``None`` when no scan was found (``scan`` is then a plain stack).
+    filled
+        Scan positions that no frame was recorded at; they repeat a neighbouring frame.
+    """
+
+    scan: ScanShape
+    frames: npt.NDArray[np.int64] | None
+    filled: int = 0
+
+
+def rotator_grid(rotator: npt.ArrayLike, positions: int) -> npt.NDArray[np.int64]:
+    """Assign a frame to each scan position from the rotator index of one scan.
+
+    The rotator index is the 1-based scan position the TVIPS scan engine reports in each frame
+    header. Within one scan it never decreases, but a position can appear in several frames
+    (camera faster than the scan) or in none (camera slower, or frames dropped). A run of
+    frames with the same index covers the positions up to the next index: its frames go to
+    those positions in order, and positions left over repeat the run's last frame. Extra
+    frames of a run are dropped. Positions before the first index get the first frame.
+
+    Parameters
+    ----------
+    rotator
+        Rotator index of consecutive frames of one scan, non-decreasing, values >= 1.
+    positions
+        Scan positions (the index of the last position).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``positions`` frame indices into ``rotator``.
+    """
+    values_all = np.asarray(rotator, dtype=np.int64)
+    firsts = np.flatnonzero(np.r_[True, values_all[1:] != values_all[:-1]])
+    values = values_all[firsts]
+    counts = np.diff(np.r_[firsts, values_all.size])
+    position = np.arange(1, positions + 1, dtype=np.int64)
+    run = np.maximum(np.searchsorted(values, position, side="right") - 1, 0)
+    grid: npt.NDArray[np.int64] = firsts[run] + np.clip(position - values[run], 0, counts[run] - 1)
+    return grid
+
+
+def scan_from_rotator(
+    rotator: npt.ArrayLike,
+    *,
+    counters: npt.ArrayLike | None = None,
+    scan_x: npt.ArrayLike | None = None,
+    scan_y: npt.ArrayLike | None = None,
+) -> ScanGrid:
+    """Find the scan of a TVIPS recording from the rotator index of its frames.
+
+    Unlike the reference reader's rule, this one works on signed values (so a drop back to 0
+    after the scan ends the scan instead of wrapping to 2**32), finds every scan of a
+    recording that repeats the scan, ignores interrupted scans and single-frame glitches of
+    the index, takes the scan width from the scan positions in long frame headers when present
+    (non-square scans), and returns a plain stack, saying why, rather than a guessed shape.
+
+    A frame whose index leaves the run of its neighbours for that one frame (a dip or a spike
+    between two frames that are in order) is a glitch: it counts as a repeat of the frame
+    before it. A scan is then a run of frames whose rotator index is positive and never
+    decreases, starting within the first line (index at most the square root of its last
+    index). The number of positions ``N`` is the largest last index of such runs; the runs
+    that reach it are complete scans. The width is ``max(scan_x) + 1`` when the headers hold
+    scan positions (and ``width * height == N``), else ``sqrt(N)`` when ``N`` is a square.
+    A scan that leaves more than half of its positions without a frame is not trusted.
+
+    Parameters
+    ----------
+    rotator
+        Rotator index of every frame (0 when not scanning).
+    counters
+        Frame counter of every frame; gaps are reported as dropped frames.
+    scan_x, scan_y
+        Scan position of every frame (0-based), from frame headers long enough to hold them.
+
+    Returns
+    -------
+    ScanGrid
+        The shape, evidence ``ROTATOR``, and the frame of each position; or a stack of all
+        frames with evidence ``NONE`` and the reason in ``detail``.
+    """
+    index = np.asarray(rotator).astype(np.int64)
+    total = int(index.size)
+
+    def stack(reason: str) -> ScanGrid:
+        return ScanGrid(ScanShape((total,), Evidence.NONE, reason), None)
+
+    if not (index > 0).any():
+        return stack("the rotator index is 0 in every frame: no scan was recorded")
+    previous, following = np.r_[0, index[:-1]], np.r_[index[1:], 0]
+    in_order = (following >= previous) & (previous > 0)
+    glitch = in_order & ((index < previous) | ((index > following) & (following > 0)))
+    index = np.where(glitch, previous, index)
+    previous = np.r_[0, index[:-1]]
+    breaks = np.flatnonzero((index <= 0) | (index < previous))
+    starts = np.flatnonzero((index > 0) & ((previous <= 0) | (index < previous)))
+    ends = np.r_[breaks, total][np.searchsorted(breaks, starts, side="right")]
+    first, last = index[starts], index[ends - 1]
+    whole = first <= np.maximum(np.floor(np.sqrt(last)), 1)
+    if not whole.any():
+        return stack("no run of rising rotator indices starts near position 1")
+    positions = int(last[whole].max())
+    complete = np.flatnonzero(whole & (last == positions))
+    if positions < 2:
+        return stack("the rotator index never goes beyond position 1")
+    frames = np.concatenate([np.arange(starts[k], ends[k]) for k in complete])
+    width = height = 0
+    how = ""
+    if scan_x is not None and scan_y is not None:
+        xs = np.asarray(scan_x, dtype=np.float64)[frames]
+        ys = np.asarray(scan_y, dtype=np.float64)[frames]
+        if xs.any() or ys.any():
+            width, height = round(float(xs.max())) + 1, round(float(ys.max())) + 1
+            if width * height != positions:
+                return stack(
+                    f"the scan positions in the frame headers give a {width} x {height} scan "
+                    f"but the rotator index counts {positions} positions"
+                )
+            how = "width from the scan positions in the frame headers"
+    if not how:
+        side = int(np.sqrt(positions))
+        side += (side + 1) ** 2 <= positions
+        if side * side != positions:
+            return stack(
+                f"the rotator index counts {positions} scan positions, not a square number, "
+                "and the frame headers hold no scan positions"
+            )
+        width = height = side
+        how = "square scan assumed"
+    grids = [rotator_grid(index[starts[k] : ends[k]], positions) + starts[k] for k in complete]
+    filled = sum(positions - np.unique(index[starts[k] : ends[k]]).size for k in complete)
+    if 2 * filled > positions * len(complete):
+        return stack(
+            f"the rotator index skips {filled} of the {positions * len(complete)} scan "
+            "positions: too few frames were recorded in the scan"
+        )
+    scans = len(grids)
+    shape: tuple[int, ...] = (width, height) if scans == 1 else (width, height, scans)
+    detail = (
+        f"rotator index 1..{positions} in frames {int(starts[complete[0]])}.."
+        f"{int(ends[complete[-1]]) - 1}: {scans} scan{'s' if scans > 1 else ''} of "
+        f"{width} x {height} ({how})"
+    )
+    ignored = int(whole.sum()) - scans
+    if ignored:
+        detail += f"; {ignored} interrupted scan{'s' if ignored > 1 else ''} ignored"
+    glitches = int(glitch.sum())
+    if glitches:
+        detail += f"; {glitches} single-frame glitch{'es' if glitches > 1 else ''} ignored"
+    if filled:
+        detail += f"; {filled} positions without a frame of their own repeat a neighbour"
+    if counters is not None:
+        counts = np.asarray(counters).astype(np.int64)
+        dropped = sum(
+            int(np.clip(np.diff(counts[starts[k] : ends[k]]) - 1, 0, None).sum()) for k in complete
+        )
+        if dropped:
+            detail += f"; the frame counter shows {dropped} dropped frames"
+    grid = np.stack(grids).reshape(tuple(reversed(shape)))
+    return ScanGrid(ScanShape(shape, Evidence.ROTATOR, detail), grid, filled)
