@@ -58,3 +58,19 @@ def test_demo_writes_a_scan_and_finds_its_shape_from_timestamps(tmp_path: Path) 
     assert "Virtual bright-field image (8 x 12 scan" in result.stdout
     assert (tmp_path / "demo.mib").stat().st_size == 96 * (384 + 64 * 64 * 2)
     assert (tmp_path / "demo.hdr").stat().st_size == 2048
+
+
+def test_info_describes_tvips_and_blockfile_files() -> None:
+    from conftest import shared_file
+
+    tvips = shared_file("tvips", "test_tvips_2233_000.tvips")
+    blockfile = shared_file("blockfile", "test2.blo")
+    result = run_cli("info", "--json", str(tvips))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["format"] == "tvips"
+    assert summary["shape"] == [4, 3, 3]
+    assert summary["axes"][0]["units"] == "s"
+    result = run_cli("info", str(blockfile))
+    assert result.returncode == 0, result.stderr
+    assert "2 x 3 x 5 x 5 uint8" in result.stdout

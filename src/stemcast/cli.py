@@ -111,17 +111,74 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"  {name:<12} {value}")
 
 
+def signal_summary(path: Path) -> dict[str, Any]:
+    """Describe any supported file from what its reader returns (read lazily).
+
+    Parameters
+    ----------
+    path
+        A data file of a supported format.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable summary: format, shape, dtype, axes and, where the reader reports
+        it, the scan shape and its evidence.
+    """
+    from stemcast.formats import detect_format, load
+
+    name = detect_format(path)
+    signal = load(path, lazy=True)[0]
+    data = signal["data"]
+    summary: dict[str, Any] = {
+        "format": name,
+        "shape": list(data.shape),
+        "dtype": str(data.dtype),
+        "bytes": int(data.nbytes),
+        "axes": [
+            {key: axis.get(key) for key in ("name", "size", "scale", "offset", "units")}
+            for axis in signal["axes"]
+        ],
+    }
+    scan = signal["original_metadata"].get("scan_shape")
+    if isinstance(scan, dict):
+        summary["scan_shape"] = list(scan.get("shape", ()))
+        summary["scan_shape_evidence"] = scan.get("evidence")
+        summary["scan_shape_detail"] = scan.get("detail")
+    return summary
+
+
+def _print_signal_summary(summary: dict[str, Any]) -> None:
+    shape = " x ".join(map(str, summary["shape"]))
+    print(f"  {'format':<12} {summary['format']}")
+    print(f"  {'data':<12} {shape} {summary['dtype']} ({summary['bytes'] / 1e6:.1f} MB)")
+    for axis in summary["axes"]:
+        units = f" {axis['units']}" if axis["units"] else ""
+        print(
+            f"  {'axis':<12} {axis['name'] or '(unnamed)'}: {axis['size']} x "
+            f"{axis['scale']}{units} from {axis['offset']}"
+        )
+    if "scan_shape" in summary:
+        print(
+            f"  {'scan shape':<12} {' x '.join(map(str, summary['scan_shape']))} from "
+            f"{summary['scan_shape_evidence']}: {summary['scan_shape_detail']}"
+        )
+
+
 def _info(args: argparse.Namespace) -> int:
     from stemcast.formats import detect_format
 
     for path in args.paths:
-        detect_format(path)
-        summary = mib_summary(path, args.navigation_shape)
+        is_mib = detect_format(path) == "mib"
+        summary = mib_summary(path, args.navigation_shape) if is_mib else signal_summary(path)
         if args.json:
-            print(json.dumps(summary, indent=2))
-        else:
-            print(path)
+            print(json.dumps(summary, indent=2, default=str))
+            continue
+        print(path)
+        if is_mib:
             _print_summary(summary)
+        else:
+            _print_signal_summary(summary)
     return 0
 
 
@@ -204,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     info = commands.add_parser("info", help="describe acquisition files")
-    info.add_argument("paths", nargs="+", type=Path, metavar="PATH", help=".mib file(s)")
+    info.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help=".mib, .tvips or .blo file(s)"
+    )
     info.add_argument(
         "--navigation-shape", type=_scan, metavar="XxY", help="scan shape to assume, e.g. 64x32"
     )
