@@ -13,7 +13,7 @@ Reader = Callable[..., list[dict[str, Any]]]
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """Return the format name of ``path`` (``"mib"``, ``"tvips"``, ``"blockfile"``).
+    """Return the format name of ``path`` (``"mib"``, ``"tvips"``, ``"blockfile"``, ``"emd"``).
 
     Parameters
     ----------
@@ -32,15 +32,17 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if not file.is_file():
         raise FormatError("no such file", path=file)
     with open(file, "rb") as stream:
-        start = stream.read(6)
+        start = stream.read(8)
     suffix = file.suffix.lower()
     if start[:4] == b"MQ1," or suffix == ".mib":
         return "mib"
-    if start == b"IMGBLO" or suffix == ".blo":
+    if start[:6] == b"IMGBLO" or suffix == ".blo":
         return "blockfile"
+    if start == b"\x89HDF\r\n\x1a\n" or suffix in (".emd", ".de5"):
+        return "emd"
     raise FormatError(
         f"unrecognised format (suffix {file.suffix!r}, first bytes {start!r}); "
-        "supported: Merlin .mib, TVIPS .tvips, NanoMegas .blo",
+        "supported: Merlin .mib, TVIPS .tvips, NanoMegas .blo, EMD (HDF5)",
         path=file,
     )
 
@@ -60,6 +62,10 @@ def reader_for(path: str | os.PathLike[str]) -> Reader:
         from stemcast.readers.blockfile import file_reader as read_blockfile
 
         return read_blockfile
+    if name == "emd":
+        from stemcast.readers.emd import file_reader as read_emd
+
+        return read_emd
     raise FormatError(f"no reader for format {name!r}", path=path)
 
 
