@@ -51,13 +51,52 @@ def test_info_on_a_file_that_is_not_merlin_fails_cleanly(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
 
 
-def test_demo_writes_a_scan_and_finds_its_shape_from_timestamps(tmp_path: Path) -> None:
-    result = run_cli("demo", "--scan", "12x8", "--frame-size", "64", "--directory", str(tmp_path))
+def test_demo_follows_a_simulated_camera_live_and_finds_its_shape(tmp_path: Path) -> None:
+    result = run_cli(
+        "demo", "--scan", "12x8", "--frame-size", "64", "--fps", "0", "--directory", str(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
-    assert "12 x 8 (x, y) from timestamps" in result.stdout
+    assert "received   96 of 96 frames, complete" in result.stdout
+    assert "scan shape 12 x 8 (x, y) from timestamps" in result.stdout
     assert "Virtual bright-field image (8 x 12 scan" in result.stdout
     assert (tmp_path / "demo.mib").stat().st_size == 96 * (384 + 64 * 64 * 2)
     assert (tmp_path / "demo.hdr").stat().st_size == 2048
+
+
+def test_serve_simulate_and_subscribe_work_together(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent / "service"))
+    from live import start_daemon
+
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    daemon = start_daemon(camera, tmp_path / "serve.log", "--idle-timeout", "1")
+    try:
+        subscriber = subprocess.Popen(
+            [sys.executable, "-m", "stemcast.cli", "subscribe", daemon.data, "--series", "2"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        mib = run_cli(
+            "simulate", str(camera), "--format", "mib", "--scan", "6x4", "--frame-size", "64",
+            "--depth", "6", "--raw", "--fps", "200", "--name", "m",
+        )  # fmt: skip
+        assert mib.returncode == 0, mib.stderr
+        assert mib.stdout.split() == [str(camera / "m.mib")]
+        tvips = run_cli(
+            "simulate", str(camera), "--format", "tvips", "--scan", "4x4", "--frame-size", "32",
+            "--depth", "8", "--max-file-size", "4000", "--interrupt-after", "10", "--name", "t",
+        )  # fmt: skip
+        assert tvips.returncode == 0, tvips.stderr
+        assert len(tvips.stdout.split()) >= 3
+        output, _ = subscriber.communicate(timeout=60)
+    finally:
+        assert daemon.stop() == 0
+    assert subscriber.returncode == 0
+    lines = output.splitlines()
+    assert any("started: merlin 64x64 |u1, 24 frames expected" in line for line in lines)
+    assert any("complete: 24 frames, scan 6x4 from timestamps" in line for line in lines)
+    assert any("started: tvips 32x32 |u1" in line for line in lines)
+    assert any("interrupted: 10 frames" in line for line in lines)
 
 
 def test_info_describes_tvips_and_blockfile_files() -> None:

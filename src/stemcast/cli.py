@@ -1,4 +1,4 @@
-"""Command line: ``stemcast info | demo``."""
+"""Command line: ``stemcast info | serve | simulate | subscribe | demo``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import logging
 import sys
 import tempfile
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from stemcast import __version__
-from stemcast.errors import StemcastError
+from stemcast.errors import ParameterError, StemcastError
 
 _SHADES = " .:-=+*#%@"
 
@@ -196,59 +195,232 @@ def _render(image: Any, width: int = 64) -> str:
     return "\n".join("    " + "".join(_SHADES[int(v)] * 2 for v in row) for row in levels)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    import numpy as np
-    from tqdm import tqdm
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
 
-    from stemcast.readers.mib import file_reader
-    from stemcast.simulate import diffraction_patterns
-    from stemcast.writers.mib import MibWriter
+    from stemcast.service.app import Service, serve
+    from stemcast.service.config import load_settings
+
+    if not args.quiet:
+        logging.getLogger("stemcast").setLevel(logging.INFO)
+    settings = load_settings(
+        args.config,
+        watch=args.watch or None,
+        data_endpoint=args.data_endpoint,
+        preview_endpoint=args.preview_endpoint,
+        polling=True if args.polling else None,
+        idle_timeout_s=args.idle_timeout,
+        navigation_shape=args.navigation_shape,
+    )
+
+    def ready(service: Service) -> None:
+        publisher = service.publisher
+        print(
+            f"stemcast serve: watching {', '.join(map(str, settings.watch))}; "
+            f"data {publisher.data_address}, preview {publisher.preview_address}",
+            flush=True,
+        )
+
+    asyncio.run(serve(settings, ready))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from stemcast.simulate import simulate_mib, simulate_tvips
+
+    args.directory.mkdir(parents=True, exist_ok=True)
+    common: dict[str, Any] = {
+        "name": args.name,
+        "scan_shape": args.scan,
+        "frame_size": args.frame_size,
+        "fps": args.fps,
+        "interrupt_after": args.interrupt_after,
+        "flyback_frames": args.flyback_frames,
+        "snake": args.snake,
+        "pattern_pool": args.pattern_pool,
+        "seed": args.seed,
+    }
+    if args.format == "mib":
+        paths = simulate_mib(
+            args.directory,
+            counter_depth=args.depth,
+            quad=args.quad,
+            raw=args.raw,
+            frames_per_file=args.frames_per_file,
+            flyback_s=args.flyback,
+            hdr_scan_size=args.hdr_scan_size,
+            **common,
+        )
+    else:
+        if args.quad or args.raw:
+            raise ParameterError("--quad and --raw are Merlin options", parameter="format")
+        paths = simulate_tvips(
+            args.directory, bits=args.depth, max_file_size=args.max_file_size, **common
+        )
+    print("\n".join(map(str, paths)))
+    return 0
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    import time
+
+    from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber
+
+    ended = 0
+    window_start, window_frames = time.monotonic(), 0
+    with Subscriber(args.endpoint, preview=args.preview, timeout_s=args.timeout) as subscriber:
+        try:
+            for event in subscriber:
+                if isinstance(event, Frame):
+                    window_frames += 1
+                    now = time.monotonic()
+                    if now - window_start >= 1.0:
+                        print(
+                            f"  {window_frames / (now - window_start):8.1f} frames/s, "
+                            f"frame {event.index} of series {event.series[:8]}",
+                            flush=True,
+                        )
+                        window_start, window_frames = now, 0
+                elif isinstance(event, SeriesStart):
+                    header = event.header
+                    print(
+                        f"series {event.series[:8]} started: {header['detector']} "
+                        f"{'x'.join(map(str, header['shape']))} {header['dtype']}, "
+                        f"{header['frames_expected'] or '?'} frames expected, "
+                        f"from {header['sources'][0]}",
+                        flush=True,
+                    )
+                elif isinstance(event, SeriesEnd):
+                    header = event.header
+                    print(
+                        f"series {event.series[:8]} {header['status']}: {header['frames']} "
+                        f"frames, scan {'x'.join(map(str, header['nav_shape']))} from "
+                        f"{header['nav_evidence']} ({header['reason']})",
+                        flush=True,
+                    )
+                    ended += 1
+                    if args.series and ended >= args.series:
+                        break
+        except TimeoutError as error:
+            print(f"stemcast subscribe: {error}", file=sys.stderr)
+            return 1
+    if subscriber.dropped:
+        print(f"{subscriber.dropped} messages dropped by the preview channel")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
 
     with tempfile.TemporaryDirectory(prefix="stemcast-demo-") as scratch:
         directory = Path(args.directory or scratch)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "demo.mib"
-        x, y = args.scan
-        print(
-            f"Writing a simulated {x} x {y} scan of {args.frame_size}-pixel Merlin frames "
-            f"({args.depth}-bit) to {path}"
-        )
-        with (
-            MibWriter(
-                path,
-                frame_shape=(args.frame_size, args.frame_size),
-                counter_depth=args.depth,
-                exposure_s=0.001,
-                scan_shape=(x, y),
-                flyback_s=0.0005,
-                start_time=datetime.now(UTC),
-            ) as writer,
-            tqdm(total=x * y, unit="frame", disable=not sys.stderr.isatty()) as progress,
-        ):
-            patterns = diffraction_patterns(
-                (x, y), (args.frame_size, args.frame_size), counter_depth=args.depth
-            )
-            for batch in patterns:
-                writer.write(batch)
-                progress.update(len(batch))
-        print(f"\n$ stemcast info {path}")
-        _print_summary(mib_summary(path))
-        data = file_reader(path, lazy=True)[0]["data"]
-        rows, cols = data.shape[-2:]
-        disk = data[
-            ...,
-            rows // 2 - rows // 16 : rows // 2 + rows // 16,
-            cols // 2 - cols // 16 : cols // 2 + cols // 16,
-        ]
-        image = np.asarray(disk.sum(axis=(-2, -1)).compute())
-        print(
-            f"\nVirtual bright-field image ({' x '.join(map(str, image.shape))} scan, "
-            "central disk, lazy read):"
-        )
-        print(_render(image))
+        code = asyncio.run(_live_demo(args, directory))
         if args.directory:
             print(f"\nThe acquisition stays in {directory}.")
-    return 0
+    return code
+
+
+async def _live_demo(args: argparse.Namespace, directory: Path) -> int:
+    """Run the simulator, the service and a subscriber together; print what arrives."""
+    import asyncio
+    import time
+
+    import numpy as np
+
+    from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber
+    from stemcast.service.app import Service, serve
+    from stemcast.service.config import ServiceSettings
+    from stemcast.simulate import simulate_mib
+
+    settings = ServiceSettings(
+        watch=[directory],
+        data_endpoint="tcp://127.0.0.1:0",
+        preview_endpoint="tcp://127.0.0.1:0",
+        idle_timeout_s=5.0,
+    )
+    started: asyncio.Future[Service] = asyncio.get_running_loop().create_future()
+    service_task = asyncio.create_task(serve(settings, started.set_result))
+    service = await started
+    x, y = args.scan
+    size = args.frame_size
+    rate = f"{args.fps:g} frames/s" if args.fps > 0 else "full speed"
+    print(
+        f"camera     simulated Merlin, {x} x {y} scan of {size} x {size} frames "
+        f"({args.depth}-bit) at {rate}, writing to {directory}\n"
+        f"service    following {directory}: data {service.publisher.data_address}, "
+        f"preview {service.publisher.preview_address}",
+        flush=True,
+    )
+    rows = slice(size // 2 - size // 16, size // 2 + size // 16)
+    subscriber = Subscriber(service.publisher.data_address, timeout_s=30.0)
+
+    frame_bytes = 0
+
+    def receive() -> tuple[dict[str, Any], list[float], float, list[float]]:
+        nonlocal frame_bytes
+        sums: list[float] = []
+        latencies: list[float] = []
+        first = 0.0
+        for event in subscriber:
+            if isinstance(event, SeriesStart):
+                header = event.header
+                first = time.monotonic()
+                print(
+                    f"subscriber series {event.series[:8]}: {header['detector']} "
+                    f"{'x'.join(map(str, header['shape']))} {header['dtype']}, "
+                    f"{header['frames_expected']} frames expected",
+                    flush=True,
+                )
+            elif isinstance(event, Frame):
+                sums.append(float(event.data[rows, rows].sum()))
+                frame_bytes = event.data.nbytes
+                stamp = event.header.get("timestamp_ns")
+                if stamp is not None:
+                    latencies.append((time.time_ns() - stamp) / 1e6)
+            elif isinstance(event, SeriesEnd):
+                return event.header, sums, time.monotonic() - first, latencies
+        raise AssertionError("unreachable: the subscriber iterates until it times out")
+
+    try:
+        receiving = asyncio.create_task(asyncio.to_thread(receive))
+        await asyncio.to_thread(
+            simulate_mib,
+            directory,
+            name="demo",
+            scan_shape=(x, y),
+            frame_size=size,
+            counter_depth=args.depth,
+            fps=args.fps,
+        )
+        end, sums, seconds, latencies = await receiving
+    finally:
+        subscriber.close()
+        service.stop()
+        await service_task
+    frames = len(sums)
+    nbytes = frames * frame_bytes
+    print(
+        f"\nreceived   {frames} of {end['frames']} frames, {end['status']} "
+        f"({end['reason']}) in {seconds:.1f} s: {frames / max(seconds, 1e-9):.0f} frames/s, "
+        f"{nbytes / max(seconds, 1e-9) / 1e6:.0f} MB/s"
+    )
+    if latencies:
+        p50, p99 = np.percentile(latencies, [50, 99])
+        print(f"latency    write to receive: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    shape = end["nav_shape"]
+    print(
+        f"scan shape {' x '.join(map(str, shape))} (x, y) from {end['nav_evidence']}: "
+        f"{end['nav_detail']}"
+    )
+    if len(shape) == 2:
+        image = np.asarray(sums[: shape[0] * shape[1]]).reshape(shape[1], shape[0])
+        print(
+            f"\nVirtual bright-field image ({' x '.join(map(str, image.shape))} scan, "
+            "central disk, built live from the received frames):"
+        )
+        print(_render(image))
+    return 0 if frames == end["frames"] and end["status"] == "complete" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,13 +442,93 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_info)
 
+    serve = commands.add_parser("serve", help="follow growing runs and publish their frames")
+    serve.add_argument(
+        "--watch", action="append", type=Path, metavar="DIR", help="directory to watch (repeat)"
+    )
+    serve.add_argument("--data-endpoint", metavar="URL", help="PUSH data channel bind address")
+    serve.add_argument("--preview-endpoint", metavar="URL", help="PUB preview channel bind address")
+    serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
+    serve.add_argument(
+        "--polling", action="store_true", help="poll the directories (network shares)"
+    )
+    serve.add_argument(
+        "--idle-timeout", type=float, metavar="S", help="end a run that stops growing this long"
+    )
+    serve.add_argument(
+        "--navigation-shape", type=_scan, metavar="XxY", help="scan shape of every run"
+    )
+    serve.add_argument("--quiet", action="store_true", help="log errors only")
+    serve.set_defaults(handler=_serve)
+
+    simulate = commands.add_parser("simulate", help="write a growing acquisition like a camera")
+    simulate.add_argument("directory", type=Path, metavar="DIR", help="where to write")
+    simulate.add_argument("--format", choices=("mib", "tvips"), default="mib")
+    simulate.add_argument("--scan", type=_scan, default=(16, 16), metavar="XxY", help="scan size")
+    simulate.add_argument("--frame-size", type=int, default=256, help="frame side in pixels")
+    simulate.add_argument(
+        "--depth",
+        type=int,
+        default=12,
+        choices=(1, 6, 8, 12, 16, 24),
+        help="Merlin counter depth (1, 6, 12, 24) or TVIPS bits (8, 16)",
+    )
+    simulate.add_argument("--quad", action="store_true", help="Merlin 2x2 chip assembly")
+    simulate.add_argument("--raw", action="store_true", help="Merlin RAW (R64) payloads")
+    simulate.add_argument(
+        "--fps", type=float, default=0.0, help="frames per second (0: as fast as possible)"
+    )
+    simulate.add_argument(
+        "--interrupt-after", type=int, metavar="N", help="stop mid-frame after N frames"
+    )
+    simulate.add_argument(
+        "--max-file-size", type=int, metavar="BYTES", help="TVIPS: size cap of each part"
+    )
+    simulate.add_argument(
+        "--frames-per-file", type=int, metavar="N", help="Merlin: start a new file every N frames"
+    )
+    simulate.add_argument("--name", default="scan", help="run name (file stem)")
+    simulate.add_argument(
+        "--flyback", type=float, default=0.0005, metavar="S", help="Merlin: fly-back time"
+    )
+    simulate.add_argument(
+        "--flyback-frames", type=int, default=0, metavar="N", help="extra frames per line"
+    )
+    simulate.add_argument("--snake", action="store_true", help="serpentine scan")
+    simulate.add_argument(
+        "--hdr-scan-size", action="store_true", help="Merlin: write ScanX/ScanY to the .hdr"
+    )
+    simulate.add_argument(
+        "--pattern-pool",
+        type=int,
+        default=0,
+        metavar="LINES",
+        help="draw this many lines of patterns and repeat them (fast cameras)",
+    )
+    simulate.add_argument("--seed", type=int, default=0, help="random seed")
+    simulate.set_defaults(handler=_simulate)
+
+    subscribe = commands.add_parser("subscribe", help="print what a service publishes")
+    subscribe.add_argument("endpoint", metavar="URL", help="data (or preview) endpoint")
+    subscribe.add_argument(
+        "--preview", action="store_true", help="the endpoint is a preview (PUB) channel"
+    )
+    subscribe.add_argument("--series", type=int, metavar="N", help="exit after N series have ended")
+    subscribe.add_argument(
+        "--timeout", type=float, metavar="S", help="exit if nothing arrives for S seconds"
+    )
+    subscribe.set_defaults(handler=_subscribe)
+
     demo = commands.add_parser(
-        "demo", help="write a simulated acquisition and show what stemcast reads from it"
+        "demo", help="simulate a camera, follow it live and show what a subscriber receives"
     )
     demo.add_argument("--directory", type=Path, help="keep the acquisition in this folder")
     demo.add_argument("--scan", type=_scan, default=(48, 32), metavar="XxY", help="scan size")
     demo.add_argument("--frame-size", type=int, default=256, help="frame side in pixels")
     demo.add_argument("--depth", type=int, default=12, choices=(1, 6, 12, 24), help="bits")
+    demo.add_argument(
+        "--fps", type=float, default=300.0, help="simulated frame rate (0: as fast as possible)"
+    )
     demo.set_defaults(handler=_demo)
     return parser
 

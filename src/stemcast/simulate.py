@@ -1,4 +1,7 @@
-"""Synthetic 4D-STEM data: diffraction patterns of a made-up specimen, for demos and tests.
+"""Synthetic 4D-STEM data and a camera simulator, for demos, tests and benchmarks.
+
+:func:`diffraction_patterns` draws patterns; :func:`simulate_mib` and :func:`simulate_tvips`
+write them as a Merlin or TVIPS camera does, growing files at a chosen frame rate.
 
 The specimen has a few round grains on a thin support. Over a grain the central disk dims and
 Bragg spots light up, so a virtual bright-field image of the data shows the grains.
@@ -6,10 +9,20 @@ Bragg spots light up, so a virtual bright-field image of the data shows the grai
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from stemcast.errors import ParameterError
 
 
 def _grain_map(scan_shape: tuple[int, int], rng: np.random.Generator) -> npt.NDArray[np.float64]:
@@ -75,3 +88,317 @@ def diffraction_patterns(
         mean = dose * (disk * (1 - 0.6 * fraction) + spots * 3 * fraction + background)
         counts = rng.poisson(mean).astype(np.uint32)
         yield np.minimum(counts, ceiling, out=counts)
+
+
+def scan_frames(
+    scan_shape: tuple[int, int],
+    frame_shape: tuple[int, int] = (256, 256),
+    *,
+    counter_depth: int = 12,
+    flyback_frames: int = 0,
+    snake: bool = False,
+    pattern_pool: int = 0,
+    seed: int = 0,
+) -> Iterator[npt.NDArray[np.uint32]]:
+    """Yield the frames of a scan line by line, in the order a camera records them.
+
+    Parameters
+    ----------
+    scan_shape
+        ``(x, y)`` scan size.
+    frame_shape
+        ``(rows, cols)`` of each pattern.
+    counter_depth
+        Counter depth in bits.
+    flyback_frames
+        Frames recorded at the end of each line while the beam flies back (they repeat the
+        line's last pattern); a line then has ``x + flyback_frames`` frames.
+    snake
+        Serpentine scan: every other line is scanned right to left.
+    pattern_pool
+        Draw only this many lines of patterns and repeat them (``0``: draw every line), for
+        simulating fast cameras faster than patterns can be drawn.
+    seed
+        Seed of the random generator.
+
+    Yields
+    ------
+    numpy.ndarray
+        ``(x + flyback_frames, rows, cols)`` ``uint32`` counts, one scan line.
+    """
+    width, height = scan_shape
+    lines = diffraction_patterns(
+        scan_shape, frame_shape, counter_depth=counter_depth, batch_frames=width, seed=seed
+    )
+    pool: list[npt.NDArray[np.uint32]] = []
+    for number in range(height):
+        if pattern_pool and len(pool) >= pattern_pool:
+            line = pool[number % len(pool)]
+        else:
+            line = next(lines)
+            if pattern_pool:
+                pool.append(line)
+        if snake and number % 2:
+            line = line[::-1]
+        if flyback_frames:
+            line = np.concatenate([line, np.repeat(line[-1:], flyback_frames, axis=0)])
+        yield line
+
+
+def _prefetched(lines: Iterator[npt.NDArray[np.uint32]]) -> Iterator[npt.NDArray[np.uint32]]:
+    """Draw the next scan lines in a thread while the current one is written on time."""
+    ahead: queue.Queue[npt.NDArray[np.uint32] | None] = queue.Queue(maxsize=2)
+    done = threading.Event()
+
+    def draw() -> None:
+        try:
+            for line in lines:
+                while not done.is_set():
+                    with contextlib.suppress(queue.Full):
+                        ahead.put(line, timeout=0.1)
+                        break
+        finally:
+            with contextlib.suppress(queue.Full):
+                ahead.put(None, timeout=1.0)
+
+    worker = threading.Thread(target=draw, name="stemcast-simulate-draw", daemon=True)
+    worker.start()
+    try:
+        while (line := ahead.get()) is not None:
+            yield line
+    finally:
+        done.set()
+        worker.join()
+
+
+def _paced(
+    lines: Iterator[npt.NDArray[np.uint32]], fps: float, flyback_s: float, limit: int | None
+) -> Iterator[npt.NDArray[np.uint32]]:
+    """Cut scan lines into write batches, sleeping to keep ``fps`` (whole lines when 0)."""
+    if fps > 0:
+        lines = _prefetched(lines)
+    start: float | None = None
+    written = 0
+    for number, line in enumerate(lines):
+        # The clock starts with the first line drawn, as the camera's with its first frame.
+        start = time.monotonic() if start is None else start
+        if limit is not None:
+            line = line[: max(0, limit - written)]
+        if fps <= 0:
+            if len(line):
+                yield line
+            written += len(line)
+        else:
+            for frame in line:
+                delay = start + written / fps + number * flyback_s - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                yield frame[np.newaxis]
+                written += 1
+        if limit is not None and written >= limit:
+            return
+
+
+def simulate_mib(
+    directory: str | os.PathLike[str],
+    *,
+    name: str = "scan",
+    scan_shape: tuple[int, int] = (16, 16),
+    frame_size: int = 256,
+    counter_depth: int = 12,
+    quad: bool = False,
+    raw: bool = False,
+    fps: float = 0.0,
+    interrupt_after: int | None = None,
+    frames_per_file: int | None = None,
+    flyback_s: float = 0.0005,
+    flyback_frames: int = 0,
+    snake: bool = False,
+    hdr_scan_size: bool = False,
+    pattern_pool: int = 0,
+    seed: int = 0,
+) -> list[Path]:
+    """Write a Merlin acquisition as the camera does: ``.hdr`` first, then growing ``.mib``.
+
+    Parameters
+    ----------
+    directory
+        Where to write.
+    name
+        File name without extension; a run split over files is ``NAME1.mib``, ``NAME2.mib``...
+    scan_shape
+        ``(x, y)`` scan size (without fly-back frames).
+    frame_size
+        Frame side in pixels: 256 for a single chip, 512 for a quad.
+    counter_depth
+        1, 6, 12 or 24 bits.
+    quad, raw
+        2x2 chip assembly; RAW (``R64``) payloads.
+    fps
+        Frames per second, ``0`` for as fast as possible.
+    interrupt_after
+        Stop after this many frames, in the middle of the next frame's record.
+    frames_per_file
+        Start a new file after this many frames (a multiple of the line length keeps the
+        fly-back gaps of later files in place).
+    flyback_s
+        Extra time after each line, in the timestamps and, with ``fps``, in the writing.
+    flyback_frames, snake, pattern_pool, seed
+        See :func:`scan_frames`.
+    hdr_scan_size
+        Write ``ScanX``/``ScanY`` to the ``.hdr`` (Merlin software 1.5 and later).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The ``.mib`` files written.
+    """
+    from stemcast.writers.mib import MibWriter
+
+    folder = Path(directory)
+    width = scan_shape[0] + flyback_frames
+    total = width * scan_shape[1]
+    interval = 1.0 / fps if fps > 0 else 0.001
+    start: datetime | None = None
+    frame_shape = (frame_size, frame_size)
+    common: dict[str, Any] = {
+        "frame_shape": frame_shape,
+        "counter_depth": counter_depth,
+        "quad": quad,
+        "raw": raw,
+        "exposure_s": interval * 0.9,
+        "frame_interval_s": interval,
+        "scan_shape": (width, scan_shape[1]),
+        "flyback_s": flyback_s,
+    }
+    lines = scan_frames(
+        scan_shape,
+        frame_shape,
+        counter_depth=counter_depth,
+        flyback_frames=flyback_frames,
+        snake=snake,
+        pattern_pool=pattern_pool,
+        seed=seed,
+    )
+    paths: list[Path] = []
+    writer: MibWriter | None = None
+    written = 0
+    try:
+        for batch in _paced(lines, fps, flyback_s, interrupt_after):
+            done = 0
+            while done < len(batch):
+                if writer is None or (frames_per_file and writer.frames_written >= frames_per_file):
+                    if writer is not None:
+                        writer.close()
+                    path = folder / (
+                        f"{name}{len(paths) + 1}.mib" if frames_per_file else f"{name}.mib"
+                    )
+                    start = start or datetime.now(UTC)
+                    offset = written * interval + (written // width) * flyback_s
+                    writer = MibWriter(
+                        path,
+                        **common,
+                        frames_expected=total,
+                        hdr_scan_size=hdr_scan_size,
+                        start_time=start + timedelta(seconds=offset),
+                        write_hdr=not paths,
+                        first_sequence=written + 1,
+                    )
+                    paths.append(path)
+                room = frames_per_file - writer.frames_written if frames_per_file else len(batch)
+                part = batch[done : done + room]
+                writer.write(part)
+                done += len(part)
+                written += len(part)
+        if interrupt_after is not None and writer is not None and written < total:
+            # The camera stopped while writing the next frame: half a record stays behind.
+            blank = np.zeros(frame_shape, np.uint32)
+            writer.write_partial(blank, writer.layout.record_size // 2)
+    finally:
+        if writer is not None:
+            writer.close()
+    return paths
+
+
+def simulate_tvips(
+    directory: str | os.PathLike[str],
+    *,
+    name: str = "scan",
+    scan_shape: tuple[int, int] = (16, 16),
+    frame_size: int = 256,
+    bits: int = 16,
+    fps: float = 0.0,
+    interrupt_after: int | None = None,
+    max_file_size: int | None = None,
+    flyback_frames: int = 0,
+    snake: bool = False,
+    pattern_pool: int = 0,
+    seed: int = 0,
+) -> list[Path]:
+    """Write a rolling TVIPS series as the camera does: ``NAME_000.tvips``, ``_001``, ...
+
+    The frame headers (version 2, with room for scan positions) carry the rotator index of
+    each scan position, as a TVIPS scan engine reports it.
+
+    Parameters
+    ----------
+    directory
+        Where to write.
+    name
+        Series name.
+    scan_shape
+        ``(x, y)`` scan size (without fly-back frames).
+    frame_size
+        Frame side in pixels.
+    bits
+        8 or 16 bits per pixel.
+    fps
+        Frames per second, ``0`` for as fast as possible.
+    interrupt_after
+        Stop after this many frames, in the middle of the next frame's record.
+    max_file_size
+        Start a new part when a file would grow beyond this many bytes.
+    flyback_frames, snake, pattern_pool, seed
+        See :func:`scan_frames`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The parts written.
+    """
+    from stemcast.writers.tvips import TvipsWriter
+
+    if bits not in (8, 16):
+        raise ParameterError(f"{bits}: TVIPS cameras write 8 or 16 bits", parameter="bits")
+    width = scan_shape[0] + flyback_frames
+    frame_shape = (frame_size, frame_size)
+    lines = scan_frames(
+        scan_shape,
+        frame_shape,
+        counter_depth=bits,
+        flyback_frames=flyback_frames,
+        snake=snake,
+        pattern_pool=pattern_pool,
+        seed=seed,
+    )
+    dtype = np.uint8 if bits == 8 else np.uint16
+    writer = TvipsWriter(
+        Path(directory) / f"{name}_000.tvips",
+        frame_shape,
+        dtype,
+        frame_header_extra_bytes=16,
+        max_file_size=max_file_size,
+        frame_interval_s=1.0 / fps if fps > 0 else 0.001,
+        scan_shape=(scan_shape[1], width),
+        start_time=datetime.now(UTC),
+    )
+    written = 0
+    with writer:
+        for batch in _paced(lines, fps, 0.0, interrupt_after):
+            writer.write(batch.astype(dtype))
+            written += len(batch)
+    if interrupt_after is not None and written < width * scan_shape[1]:
+        # The camera stopped while writing the next frame: half a record stays behind.
+        with open(writer.paths[-1], "ab") as stream:
+            stream.write(bytes(writer.layout.record_size // 2))
+    return list(writer.paths)

@@ -182,7 +182,10 @@ def _headers_list(headers: bytes | Iterable[bytes], max_index: int) -> list[byte
 
 
 def _extended_field(header: bytes, index: int) -> str:
-    fields = header.rstrip(b"\x00").decode("latin-1").split(",")
+    """Field ``index`` (negative: from the end) of a header, ignoring a trailing comma."""
+    # Splitting only the last fields: the DAC list makes a full split ten times slower, and
+    # the live service parses the timestamp of every frame.
+    fields = header.rstrip(b"\x00").decode("latin-1").rsplit(",", 1 - index)
     if fields and fields[-1] == "":
         fields.pop()
     return fields[len(fields) + index]

@@ -136,6 +136,41 @@ class MibRun:
         run.check_last_record()
         return run
 
+    def refresh(self, *, siblings: bool = True) -> MibRun:
+        """Look again at a run that is being written: new complete records and new files.
+
+        Parameters
+        ----------
+        siblings
+            When the last file has not grown, look for files that continue the run (a
+            directory scan); ``False`` only looks at the size of the last file.
+
+        Returns
+        -------
+        MibRun
+            The run as it is now (``self`` when nothing changed).
+        """
+        last = self.segments[-1]
+        frames = os.path.getsize(last.path) // self.layout.record_size
+        if frames > last.frames:
+            grown = MibSegment(last.path, frames, last.first_sequence)
+            return MibRun((*self.segments[:-1], grown), self.layout, self.first_header)
+        if frames < last.frames:
+            raise FormatError(
+                f"the file shrank from {last.frames} to {frames} complete records while it "
+                "was read",
+                path=last.path,
+            )
+        if not siblings or not _TRAILING_DIGITS.match(Path(self.path).stem):
+            return self
+        now = MibRun.open(self.path)
+        known = [segment.path for segment in self.segments]
+        if now.layout != self.layout or [s.path for s in now.segments[: len(known)]] != known:
+            raise FormatError(
+                "the run was replaced by another acquisition while it was read", path=self.path
+            )
+        return now
+
     @property
     def path(self) -> str:
         """The first file of the run."""
@@ -177,13 +212,19 @@ class MibRun:
             frame -= segment.frames
         return len(self.segments), 0
 
-    def read_records(self, start: int, stop: int) -> npt.NDArray[Any]:
+    def read_records(
+        self, start: int, stop: int, out: npt.NDArray[Any] | None = None
+    ) -> npt.NDArray[Any]:
         """Read complete records ``start:stop`` (global frame indices) into memory.
 
         Parameters
         ----------
         start, stop
             Frame range, ``0 <= start <= stop <= frames``.
+        out
+            Optional C-contiguous array of ``stop - start`` records
+            (:attr:`MibLayout.record_dtype`) to read into, e.g. a buffer reused from batch to
+            batch.
 
         Returns
         -------
@@ -196,7 +237,13 @@ class MibRun:
                 f"frame range {start}:{stop} outside 0:{self.frames}", parameter="frames"
             )
         dtype = self.layout.record_dtype
-        records = np.empty(stop - start, dtype=dtype)
+        if out is not None and (
+            out.shape != (stop - start,) or out.dtype != dtype or not out.flags.c_contiguous
+        ):
+            raise ParameterError(
+                f"out must be {stop - start} contiguous records of {dtype}", parameter="out"
+            )
+        records = np.empty(stop - start, dtype=dtype) if out is None else out
         buffer = records.view(np.uint8)
         filled = 0
         segment_index, local = self._locate(start)

@@ -1,0 +1,194 @@
+"""Live service throughput and latency: simulator -> ``stemcast serve`` -> PULL consumer.
+
+Three processes, as in production: the camera simulator (``stemcast simulate``) writes a
+12-bit 256x256 Merlin run into a folder, the service (``stemcast serve``, a subprocess) follows
+the growing file and publishes every frame on its PUSH data channel, and this script PULLs
+them and checks that every frame arrives, in order, once.
+
+* **Throughput**: the simulator writes ``--frames`` frames as fast as it can (a pool of
+  patterns, so that drawing random patterns is not what is timed); frames/s and GB/s from
+  the first to the last frame received, while the three processes share the machine. Then
+  the same finished file appears again under a new name and the service drains it from the
+  page cache: the service's own ceiling. The limit, in the same run: plain pyzmq PUSH/PULL of
+  the same number of 256x256 ``uint16`` frames from memory (a subprocess pushing a small
+  header and the frame buffer, zero-copy), received the same way.
+* **Latency**: a writer thread appends one frame every millisecond (1 kHz) with
+  :class:`stemcast.writers.mib.MibWriter` and notes when each ``write`` returned; latency is
+  the receive time minus that time (same clock), p50 and p99 over ``--latency-frames``.
+
+Usage::
+
+    python benchmarks/bench_live.py [--frames 5000] [--latency-frames 3000] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+FRAME_SHAPE = (256, 256)
+FRAME_BYTES = 256 * 256 * 2
+_READY = re.compile(r"data (?P<data>tcp://\S+), preview")
+
+
+def start_service(directory: Path) -> tuple[subprocess.Popen[str], str]:
+    command = [
+        sys.executable, "-m", "stemcast.cli", "serve", "--quiet", "--watch", str(directory),
+        "--data-endpoint", "tcp://127.0.0.1:0", "--preview-endpoint", "tcp://127.0.0.1:0",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    match = _READY.search(process.stdout.readline())
+    assert match is not None, "the service did not start"
+    return process, match["data"]
+
+
+def simulate(directory: Path, name: str, frames: int, fps: float) -> subprocess.Popen[str]:
+    width = 100
+    command = [
+        sys.executable, "-m", "stemcast.cli", "simulate", str(directory), "--name", name,
+        "--scan", f"{width}x{frames // width}", "--frame-size", "256", "--depth", "12",
+        "--fps", str(fps), "--pattern-pool", "4", "--flyback", "0",
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, text=True)
+
+
+def receive(pull: zmq.Socket[bytes], frames: int) -> list[int]:
+    """PULL one series, checking order and count; return the receive times (ns)."""
+    arrivals: list[int] = []
+    while True:
+        parts = pull.recv_multipart(copy=False)
+        now = time.perf_counter_ns()
+        header = json.loads(bytes(parts[0].buffer))
+        if header["htype"] == "stemcast-frame-1.0":
+            assert header["frame"] == len(arrivals), (header["frame"], len(arrivals))
+            assert len(parts[1].buffer) == FRAME_BYTES
+            arrivals.append(now)
+        elif header["htype"] == "stemcast-series_end-1.0":
+            assert header["frames"] == len(arrivals) == frames, (header, len(arrivals))
+            return arrivals
+
+
+def rate(arrivals: list[int]) -> float:
+    return (len(arrivals) - 1) / ((arrivals[-1] - arrivals[0]) / 1e9)
+
+
+def paced_writer(path: Path, frames: int, fps: float, written: list[int]) -> None:
+    """Write ``frames`` frames at ``fps``, noting when each write returned (ns)."""
+    from stemcast.simulate import diffraction_patterns
+    from stemcast.writers.mib import MibWriter
+
+    pool = next(diffraction_patterns((8, 8), FRAME_SHAPE, batch_frames=64))
+    with MibWriter(path, scan_shape=(100, frames // 100), frame_interval_s=1 / fps) as writer:
+        start = time.perf_counter()
+        for index in range(frames):
+            delay = start + index / fps - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            writer.write(pool[index % len(pool)])
+            written.append(time.perf_counter_ns())
+
+
+PLAIN_PUSHER = """
+import sys, json, numpy as np, zmq
+frames = int(sys.argv[2])
+pool = np.random.default_rng(0).integers(0, 4096, (64, 256, 256), dtype=np.uint16)
+push = zmq.Context().socket(zmq.PUSH)
+push.sndhwm = 64
+push.connect(sys.argv[1])
+for index in range(frames):
+    header = json.dumps({"htype": "plain", "frame": index}).encode()
+    push.send_multipart([header, pool[index % 64]], copy=False)
+push.send_multipart([b'{"htype": "end"}'])
+push.close(linger=-1)
+"""
+
+
+def plain_pyzmq(frames: int) -> float:
+    """Frames/s of plain pyzmq PUSH/PULL of frames from memory, process to process."""
+    context = zmq.Context.instance()
+    pull = context.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    pusher = subprocess.Popen(
+        [sys.executable, "-c", PLAIN_PUSHER, f"tcp://127.0.0.1:{port}", str(frames)]
+    )
+    first = last = 0.0
+    received = 0
+    while True:
+        parts = pull.recv_multipart(copy=False)
+        if json.loads(bytes(parts[0].buffer))["htype"] == "end":
+            break
+        last = time.perf_counter()
+        first = first or last
+        received += 1
+    pusher.wait()
+    pull.close()
+    assert received == frames
+    return (received - 1) / (last - first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=5000)
+    parser.add_argument("--latency-frames", type=int, default=3000)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-live-") as scratch:
+        folder = Path(scratch)
+        service, endpoint = start_service(folder)
+        pull = zmq.Context.instance().socket(zmq.PULL)
+        pull.rcvhwm = 256
+        pull.connect(endpoint)
+        try:
+            writer = simulate(folder, "fast", args.frames, 0)
+            live_fps = rate(receive(pull, args.frames))
+            writer.wait()
+            shutil.copy(folder / "fast.hdr", folder / "again.hdr")
+            os.link(folder / "fast.mib", folder / "again.mib")
+            drain_fps = rate(receive(pull, args.frames))
+            written: list[int] = []
+            thread = threading.Thread(
+                target=paced_writer,
+                args=(folder / "paced.mib", args.latency_frames, 1000.0, written),
+            )
+            thread.start()
+            arrivals = receive(pull, args.latency_frames)
+            thread.join()
+            latencies = (np.array(arrivals) - np.array(written)) / 1e6
+        finally:
+            service.terminate()
+            service.wait(30)
+            pull.close()
+    plain_fps = plain_pyzmq(args.frames)
+    p50, p99 = np.percentile(latencies, [50, 99])
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, Python {platform.python_version()}, pyzmq {zmq.__version__}")
+    print(f"{'':38}{'frames/s':>10}{'GB/s':>8}")
+    for name, fps in (
+        ("stemcast serve, following simulator", live_fps),
+        ("stemcast serve, draining the file", drain_fps),
+        ("plain pyzmq PUSH/PULL (memory)", plain_fps),
+    ):
+        print(f"{name:38}{fps:10.0f}{fps * FRAME_BYTES / 1e9:8.2f}")
+    print(
+        f"ratio to plain pyzmq: {live_fps / plain_fps:.0%} following the simulator, "
+        f"{drain_fps / plain_fps:.0%} draining"
+    )
+    print(f"latency at 1 kHz ({len(latencies)} frames): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Wire protocol: the JSON headers of the three message kinds (see docs/protocol.md).
+
+Every message is multipart; its first part is a UTF-8 JSON object whose ``htype`` names the
+kind and version. A frame message has a second part: the frame's pixels, C order, in the
+byte order its ``dtype`` spells out (little-endian: the native order of the machines the
+cameras feed). Every frame header repeats what is needed to use the frame alone (shape,
+dtype, series, scan shape when known), so a subscriber that joins late can still draw it.
+
+Two counters let a subscriber count losses: ``sequence`` numbers every frame the service
+publishes, over all series, and is the same on both channels; ``message`` numbers the
+messages of one channel, so a gap in it on the preview channel is a message the channel
+dropped, while a gap in ``sequence`` alone is a frame the rate limit skipped.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FRAME",
+    "SERIES",
+    "SERIES_END",
+    "Status",
+    "decode_header",
+    "encode_header",
+    "wire_dtype",
+]
+
+SERIES = "stemcast-series-1.0"
+FRAME = "stemcast-frame-1.0"
+SERIES_END = "stemcast-series_end-1.0"
+HTYPES = (SERIES, FRAME, SERIES_END)
+
+
+class Status(enum.StrEnum):
+    """How a series ended."""
+
+    COMPLETE = "complete"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
+def wire_dtype(dtype: np.dtype[Any]) -> str:
+    """Spell a dtype with an explicit byte order, e.g. ``<u2`` (``|u1`` for single bytes).
+
+    Parameters
+    ----------
+    dtype
+        A native-endian dtype.
+
+    Returns
+    -------
+    str
+        The numpy type string, which names the byte order.
+    """
+    return np.dtype(dtype).newbyteorder("=").str
+
+
+def encode_header(header: dict[str, Any]) -> bytes:
+    """Serialise a header to compact UTF-8 JSON.
+
+    Parameters
+    ----------
+    header
+        A header with an ``htype`` of this protocol.
+
+    Returns
+    -------
+    bytes
+        The first message part.
+    """
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+def decode_header(part: bytes | memoryview) -> dict[str, Any]:
+    """Parse the first part of a message and check its ``htype``.
+
+    Parameters
+    ----------
+    part
+        The JSON header part.
+
+    Returns
+    -------
+    dict
+        The header.
+
+    Raises
+    ------
+    ValueError
+        When the part is not a JSON object of a known ``htype``.
+    """
+    header = json.loads(bytes(part))
+    if not isinstance(header, dict) or header.get("htype") not in HTYPES:
+        raise ValueError(f"not a stemcast message header: {bytes(part)[:80]!r}")
+    return header

@@ -1,0 +1,214 @@
+"""Follow one run from its first complete record to its end, publishing as it goes.
+
+A run ends when the frame count its ``.hdr`` announced is reached (complete), when the next
+run starts in the same directory, when its files stop growing for the idle timeout
+(interrupted), when its files turn out corrupt or vanish (failed), or when the service stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from stemcast.batch import FrameBatch
+from stemcast.errors import StemcastError
+from stemcast.service.config import ServiceSettings
+from stemcast.service.navigation import NavigationTracker
+from stemcast.service.protocol import Status
+from stemcast.service.publish import Publisher, SeriesState
+from stemcast.service.tail import Source, series_fields
+
+__all__ = ["RunFollower"]
+
+_logger = logging.getLogger(__name__)
+
+
+class RunFollower:
+    """The task that follows one run.
+
+    Parameters
+    ----------
+    source
+        The opened run.
+    publisher
+        Where its frames go.
+    settings
+        Intervals, batch size, timeouts, user scan shape.
+    stopping
+        Set when the service stops: the follower ends after its current batch.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        publisher: Publisher,
+        settings: ServiceSettings,
+        stopping: asyncio.Event,
+    ) -> None:
+        self.source = source
+        self.publisher = publisher
+        self.settings = settings
+        self.stopping = stopping
+        self.wake = asyncio.Event()
+        self.superseded = asyncio.Event()
+        self.published = 0
+        self.status: Status | None = None
+        self._ahead: asyncio.Task[FrameBatch] | None = None
+        self.state = SeriesState(str(uuid.uuid4()), series_fields(source))
+        self.navigation = NavigationTracker(
+            user=settings.navigation_shape,
+            hdr_shape=source.hdr_shape,
+            frames_per_line=source.frames_per_line,
+            frames_expected=source.frames_expected,
+            timestamp_frames=settings.timestamp_frames,
+        )
+
+    @property
+    def path(self) -> str:
+        """The run's first file."""
+        return self.source.path
+
+    def owns(self, path: str) -> bool:
+        """Whether ``path`` is one of the run's files."""
+        return path in self.source.files
+
+    def supersede(self) -> None:
+        """Tell the run that the next run has started: it ends once it has read what is there."""
+        self.superseded.set()
+        self.wake.set()
+
+    def _nav_fields(self) -> dict[str, Any]:
+        scan = self.navigation.scan
+        if scan is None:
+            return {"nav_shape": None, "nav_evidence": None}
+        shape = list(scan.shape) if all(scan.shape) else None
+        return {"nav_shape": shape, "nav_evidence": scan.evidence.value}
+
+    async def run(self) -> Status:
+        """Follow the run to its end and announce the end.
+
+        Returns
+        -------
+        Status
+            How the run ended.
+        """
+        _logger.info(
+            "run %s: following %s (%s, %s frames of %s)",
+            self.state.series,
+            self.path,
+            self.source.detector,
+            self.source.frames_expected or "an unknown number of",
+            "x".join(map(str, self.source.frame_shape)),
+        )
+        await self.publisher.series(self.state, self._nav_fields())
+        try:
+            status, reason = await self._follow()
+        except (StemcastError, OSError) as error:
+            status, reason = Status.FAILED, str(error)
+            _logger.error("run %s failed: %s: %s", self.state.series, self.path, reason)
+        finally:
+            if self._ahead is not None:
+                self._ahead.cancel()
+                await asyncio.gather(self._ahead, return_exceptions=True)
+        await self._end(status, reason)
+        return status
+
+    async def _follow(self) -> tuple[Status, str]:
+        settings = self.settings
+        expected = self.source.frames_expected
+        last_growth = last_rescan = time.monotonic()
+        final_look = False
+        while True:
+            available = self.source.frames
+            if expected is not None:
+                available = min(available, expected)
+            if self.published < available:
+                await self._publish(available)
+                last_growth = time.monotonic()
+                final_look = False
+                if expected is not None and self.published >= expected:
+                    return Status.COMPLETE, f"all {expected} frames announced by the .hdr"
+                if self.stopping.is_set():
+                    return Status.INTERRUPTED, "the service stopped"
+                continue
+            if self.stopping.is_set():
+                return Status.INTERRUPTED, "the service stopped"
+            now = time.monotonic()
+            idle = now - last_growth >= settings.idle_timeout_s
+            if final_look and (idle or self.superseded.is_set()):
+                if self.superseded.is_set():
+                    if expected is None:
+                        return Status.COMPLETE, "the next run started"
+                    return (
+                        Status.INTERRUPTED,
+                        f"the next run started after {self.published} of {expected} frames",
+                    )
+                return (
+                    Status.INTERRUPTED,
+                    f"no new frame for {settings.idle_timeout_s:g} s",
+                )
+            if idle or self.superseded.is_set():
+                final_look = True
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), settings.tail_interval_s)
+                self.wake.clear()
+            rescan = final_look or now - last_rescan >= settings.rescan_interval_s
+            if rescan:
+                last_rescan = now
+            await asyncio.to_thread(self.source.refresh, rescan=rescan)
+
+    def _read(self, start: int, stop: int) -> asyncio.Task[FrameBatch]:
+        return asyncio.ensure_future(asyncio.to_thread(self.source.read, start, stop))
+
+    async def _publish(self, available: int) -> None:
+        """Publish the next batch while the one after it is read and decoded in a thread."""
+        size = self.settings.batch_frames
+        reading = self._ahead or self._read(self.published, min(available, self.published + size))
+        self._ahead = None
+        batch = await reading
+        following = min(available, batch.stop + size)
+        if batch.stop < following:
+            self._ahead = self._read(batch.stop, following)
+        times = self.source.times_ns(batch)
+        evidence = times if self.source.timestamps_show_lines else None
+        self.navigation.add(evidence, self.source.header_fields(batch))
+        exposure = self.source.exposure_ms(batch)
+        per_frame = [
+            {
+                "timestamp_ns": None if times is None else int(times[offset]),
+                "exposure_ms": exposure,
+                "nav_position": self.navigation.position(batch.start + offset),
+            }
+            for offset in range(len(batch))
+        ]
+        await self.publisher.frames(self.state, batch, per_frame)
+        self.published = batch.stop
+
+    async def _end(self, status: Status, reason: str) -> None:
+        self.status = status
+        scan, filled = self.navigation.final(self.published)
+        fields = {
+            "status": status.value,
+            "reason": reason,
+            "nav_shape": list(filled),
+            "nav_shape_intended": list(scan.shape),
+            "nav_evidence": scan.evidence.value,
+            "nav_detail": scan.detail,
+            "sources": self.source.files,
+        }
+        await self.publisher.series_end(self.state, fields)
+        _logger.info(
+            "run %s %s: %s, %d frames, scan %s from %s (%s)",
+            self.state.series,
+            status.value,
+            reason,
+            self.published,
+            "x".join(map(str, filled)),
+            scan.evidence.value,
+            scan.detail,
+        )

@@ -1,0 +1,441 @@
+"""Follow one run on disk: look at its file sizes and read only its complete records.
+
+A source wraps the readers' own run objects (:class:`~stemcast.readers.mib.MibRun`,
+:class:`~stemcast.readers.tvips.TvipsSeries`): they count complete records from file sizes,
+read them with positional reads and decode them with the format's record layout, so the live
+path shares every byte of decoding with the offline reader. The methods here block (they do
+file I/O); the service calls them through :func:`asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stemcast.batch import FrameBatch
+from stemcast.errors import FormatError
+from stemcast.readers.mib import MibRun, timestamps_ns
+from stemcast.readers.mib._header import PREFIX_SIZE, parse_header_size
+from stemcast.readers.mib._run import find_hdr, read_hdr
+from stemcast.readers.tvips import TvipsSeries, part_path, series_base
+from stemcast.readers.tvips._header import MAIN_HEADER_SIZE
+from stemcast.service.protocol import wire_dtype
+
+__all__ = ["MibSource", "NotReady", "Source", "TvipsSource", "open_source", "run_kind"]
+
+_TVIPS_FIRST = re.compile(r"_000\.tvips$", re.IGNORECASE)
+
+
+class NotReady(Exception):
+    """The file of a new run does not yet hold enough bytes to tell its layout."""
+
+
+def run_kind(path: str | os.PathLike[str]) -> str | None:
+    """Say which kind of run file ``path`` is: ``"mib"``, ``"tvips"`` (first part) or ``None``.
+
+    Parameters
+    ----------
+    path
+        A file name.
+
+    Returns
+    -------
+    str or None
+        ``"mib"`` for a Merlin ``.mib`` file, ``"tvips"`` for the ``_000`` part of a TVIPS
+        series; ``None`` for anything else (``.hdr`` files, later TVIPS parts).
+    """
+    name = os.path.basename(os.fspath(path))
+    if name.lower().endswith(".mib"):
+        return "mib"
+    if _TVIPS_FIRST.search(name):
+        return "tvips"
+    return None
+
+
+class Source(ABC):
+    """A run being followed: its files, complete records and what the headers announce."""
+
+    detector: str
+    #: Whether frame timestamps are fine enough to show line fly-backs (Merlin: ns; TVIPS
+    #: stores whole milliseconds, whose rounding alone makes periodic gaps).
+    timestamps_show_lines: bool
+
+    @property
+    @abstractmethod
+    def path(self) -> str:
+        """The first file of the run: the key the service knows it by."""
+
+    @property
+    @abstractmethod
+    def files(self) -> list[str]:
+        """All files of the run found so far, in order."""
+
+    @property
+    @abstractmethod
+    def frames(self) -> int:
+        """Complete records found at the last look."""
+
+    @property
+    @abstractmethod
+    def frame_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of a decoded frame."""
+
+    @property
+    @abstractmethod
+    def dtype(self) -> np.dtype[Any]:
+        """Native dtype of decoded frames."""
+
+    @property
+    @abstractmethod
+    def counter_depth(self) -> int:
+        """Bits per pixel as counted (Merlin counter depth, TVIPS pixel size)."""
+
+    @property
+    def frames_expected(self) -> int | None:
+        """Frames the acquisition announced, if it did."""
+        return None
+
+    @property
+    def hdr_shape(self) -> tuple[int, int] | None:
+        """Scan shape ``(x, y)`` written by the acquisition software, if any."""
+        return None
+
+    @property
+    def frames_per_line(self) -> int | None:
+        """Frames per scan line announced by the acquisition software, if any."""
+        return None
+
+    @abstractmethod
+    def metadata(self) -> dict[str, Any]:
+        """Acquisition metadata for the series header (JSON-serialisable)."""
+
+    @abstractmethod
+    def refresh(self, *, rescan: bool) -> None:
+        """Look at the files again; ``rescan`` also looks for new files of the run."""
+
+    @abstractmethod
+    def read(self, start: int, stop: int) -> FrameBatch:
+        """Read and decode complete records ``start:stop``."""
+
+    @abstractmethod
+    def times_ns(self, batch: FrameBatch) -> npt.NDArray[np.int64] | None:
+        """Timestamps of the frames of ``batch`` in ns since the epoch, if the headers have them."""
+
+    @abstractmethod
+    def exposure_ms(self, batch: FrameBatch) -> float | None:
+        """Exposure of the frames of ``batch`` in milliseconds, if known."""
+
+    def header_fields(self, batch: FrameBatch) -> dict[str, npt.NDArray[Any]]:
+        """Per-frame header fields that scan-shape inference uses (TVIPS rotator index)."""
+        return {}
+
+
+class MibSource(Source):
+    """A Merlin run: one growing ``.mib`` file or several, with its ``.hdr``."""
+
+    detector = "merlin"
+    timestamps_show_lines = True
+
+    def __init__(self, run: MibRun) -> None:
+        self.run = run
+        self._records: npt.NDArray[Any] | None = None
+        hdr_path = find_hdr(run.path)
+        self.hdr_path = os.fspath(hdr_path) if hdr_path else None
+        self.hdr = read_hdr(hdr_path) if hdr_path else {}
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> MibSource:
+        """Open a Merlin run at its first file.
+
+        Parameters
+        ----------
+        path
+            The ``.mib`` file.
+
+        Returns
+        -------
+        MibSource
+            The run.
+
+        Raises
+        ------
+        NotReady
+            When the file is too short to hold its first frame header yet.
+        """
+        size = os.path.getsize(path)
+        if size < PREFIX_SIZE:
+            raise NotReady(os.fspath(path))
+        with open(path, "rb") as stream:
+            prefix = stream.read(PREFIX_SIZE)
+        if size < parse_header_size(prefix, path=path):
+            raise NotReady(os.fspath(path))
+        return cls(MibRun.open(path))
+
+    @property
+    def path(self) -> str:
+        """The first ``.mib`` file."""
+        return self.run.path
+
+    @property
+    def first_sequence(self) -> int:
+        """Sequence number of the run's first frame (1 unless a later file of a run)."""
+        return self.run.first_header.sequence_number
+
+    @property
+    def files(self) -> list[str]:
+        """The ``.mib`` files found so far."""
+        return [segment.path for segment in self.run.segments]
+
+    @property
+    def frames(self) -> int:
+        """Complete records in all files."""
+        return self.run.frames
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of a decoded frame."""
+        return self.run.layout.frame_shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Native dtype of decoded frames."""
+        return np.dtype(self.run.layout.dtype)
+
+    @property
+    def counter_depth(self) -> int:
+        """Merlin counter depth: 1, 6, 12 or 24 bits."""
+        return self.run.layout.counter_depth
+
+    def _hdr_int(self, key: str) -> int | None:
+        try:
+            return int(self.hdr[key].strip())
+        except (KeyError, ValueError):
+            return None
+
+    @property
+    def frames_expected(self) -> int | None:
+        """``Frames in Acquisition`` of the ``.hdr`` (``None`` when absent or 0)."""
+        return self._hdr_int("Frames in Acquisition (Number)") or None
+
+    @property
+    def hdr_shape(self) -> tuple[int, int] | None:
+        """``ScanX``/``ScanY`` of the ``.hdr`` (Merlin software 1.5 and later)."""
+        x, y = self._hdr_int("ScanX"), self._hdr_int("ScanY")
+        return (x, y) if x and y else None
+
+    @property
+    def frames_per_line(self) -> int | None:
+        """``Frames per Trigger`` of the ``.hdr``: the scan width for line-triggered scans."""
+        return self._hdr_int("Frames per Trigger (Number)")
+
+    def metadata(self) -> dict[str, Any]:
+        """Layout and acquisition details from the first frame header and the ``.hdr``."""
+        layout, first = self.run.layout, self.run.first_header
+        return {
+            "hdr": self.hdr_path,
+            "raw": layout.raw,
+            "geometry": layout.geometry,
+            "header_size": layout.header_size,
+            "exposure_ms": first.exposure_ms,
+            "start_time": first.utc_time or first.local_time,
+            "first_sequence": first.sequence_number,
+        }
+
+    def refresh(self, *, rescan: bool) -> None:
+        """Count the complete records again; ``rescan`` also looks for the run's next file."""
+        self.run = self.run.refresh(siblings=rescan)
+
+    def read(self, start: int, stop: int) -> FrameBatch:
+        """Read and decode complete records ``start:stop``, oriented as ``file_reader`` does.
+
+        Merlin stores frames bottom row first; the offline reader flips them, and so does the
+        service (decoding into a flipped view: one pass), so that a frame on the wire equals
+        the reader's frame bit for bit. The records are read into a buffer reused from batch
+        to batch; the frames are a new array, which the publisher sends without a copy.
+        """
+        count = stop - start
+        layout = self.run.layout
+        if self._records is None or len(self._records) < count:
+            self._records = np.empty(count, dtype=layout.record_dtype)
+        records = self.run.read_records(start, stop, out=self._records[:count])
+        frames = np.empty((count, *layout.frame_shape), dtype=layout.dtype)
+        layout.decode(records["data"], out=frames[:, ::-1])
+        return FrameBatch(start, frames, records["header"].copy())
+
+    def times_ns(self, batch: FrameBatch) -> npt.NDArray[np.int64] | None:
+        """Frame timestamps from the extended (``MQ1A``) header block."""
+        if self.run.first_header.utc_time is None:
+            return None
+        return timestamps_ns(batch.headers)
+
+    def exposure_ms(self, batch: FrameBatch) -> float | None:
+        """Return the run's exposure (Merlin keeps it for the whole acquisition)."""
+        return self.run.first_header.exposure_ms
+
+
+class TvipsSource(Source):
+    """A rolling TVIPS series: ``NAME_000.tvips``, ``NAME_001.tvips``, ..."""
+
+    detector = "tvips"
+    timestamps_show_lines = False
+
+    def __init__(self, series: TvipsSeries) -> None:
+        self.series = series
+        self._base, self._extension = series_base(series.path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> TvipsSource:
+        """Open a series at its ``_000`` part.
+
+        Parameters
+        ----------
+        path
+            The ``_000.tvips`` file.
+
+        Returns
+        -------
+        TvipsSource
+            The series.
+
+        Raises
+        ------
+        NotReady
+            When the main header is not complete yet.
+        """
+        if os.path.getsize(path) < MAIN_HEADER_SIZE:
+            raise NotReady(os.fspath(path))
+        return cls(TvipsSeries.open(path))
+
+    @property
+    def path(self) -> str:
+        """The ``_000`` part."""
+        return self.series.path
+
+    @property
+    def files(self) -> list[str]:
+        """The parts found so far."""
+        return [part.path for part in self.series.parts]
+
+    @property
+    def frames(self) -> int:
+        """Complete records in all parts."""
+        return self.series.frames
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of a frame."""
+        return self.series.layout.frame_shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Native dtype of decoded frames."""
+        return self.series.layout.dtype
+
+    @property
+    def counter_depth(self) -> int:
+        """Bits per pixel: 8 or 16 from cameras."""
+        return self.series.layout.bits_per_pixel
+
+    def metadata(self) -> dict[str, Any]:
+        """Main-header fields."""
+        main = self.series.main_header
+        return {
+            "version": main.version,
+            "frame_header_bytes": self.series.layout.header_bytes,
+            "pixel_size": main.pixelsize,
+            "high_tension_kv": main.ht,
+            "magnification": main.magtotal,
+            "binning": [main.binx, main.biny],
+            "start_ms": self.series.start_ms,
+        }
+
+    def refresh(self, *, rescan: bool) -> None:
+        """Re-read the series when its last part grew or (``rescan``) a new part appeared."""
+        last = self.series.parts[-1]
+        size = os.path.getsize(last.path)
+        grown = size - last.offset - self.series.partial_bytes > last.frames * (
+            self.series.layout.record_size
+        )
+        if size < last.offset + last.frames * self.series.layout.record_size:
+            raise FormatError("the file shrank while it was read", path=last.path)
+        following = part_path(self._base, self._extension, len(self.series.parts))
+        if grown or (rescan and following.exists()):
+            self.series = self.series.refresh()
+
+    def read(self, start: int, stop: int) -> FrameBatch:
+        """Read and decode complete records ``start:stop``."""
+        return next(self.series.batches(start, stop, batch_frames=max(1, stop - start)))
+
+    def times_ns(self, batch: FrameBatch) -> npt.NDArray[np.int64] | None:
+        """Frame times (millisecond resolution) in nanoseconds."""
+        headers = batch.headers
+        ms = headers["timestamp"].astype(np.int64) * 1000 + headers["ms"].astype(np.int64)
+        times: npt.NDArray[np.int64] = ms * 1_000_000
+        return times
+
+    def exposure_ms(self, batch: FrameBatch) -> float | None:
+        """TVIPS frame headers do not record the exposure."""
+        return None
+
+    def header_fields(self, batch: FrameBatch) -> dict[str, npt.NDArray[Any]]:
+        """Rotator index, frame counter and scan positions, where the headers hold them."""
+        names = batch.headers.dtype.names or ()
+        wanted = {"rotidx": "rotator", "num": "counters", "scan_x": "scan_x", "scan_y": "scan_y"}
+        return {
+            key: np.asarray(batch.headers[name], dtype=np.int64)
+            for name, key in wanted.items()
+            if name in names
+        }
+
+
+def open_source(path: str | os.PathLike[str]) -> Source:
+    """Open the run whose first file is ``path``.
+
+    Parameters
+    ----------
+    path
+        A ``.mib`` file or the ``_000`` part of a TVIPS series.
+
+    Returns
+    -------
+    Source
+        The run, counted as far as its complete records go.
+
+    Raises
+    ------
+    NotReady
+        When the file does not yet hold its first header.
+    FormatError
+        When the file is not of its format or is inconsistent.
+    """
+    kind = run_kind(path)
+    if kind == "mib":
+        return MibSource.open(path)
+    if kind == "tvips":
+        return TvipsSource.open(path)
+    raise FormatError("not the first file of a Merlin or TVIPS run", path=path)
+
+
+def series_fields(source: Source) -> dict[str, Any]:
+    """Return the run-describing fields of a series header."""
+    return {
+        "sources": source.files,
+        "detector": source.detector,
+        "shape": list(source.frame_shape),
+        "dtype": wire_dtype(source.dtype),
+        "counter_depth": source.counter_depth,
+        "frames_expected": source.frames_expected,
+        "metadata": source.metadata(),
+    }
+
+
+def stem_of(path: str | os.PathLike[str]) -> Path:
+    """Directory and name without trailing digits: what the files of a split run share."""
+    name = Path(path)
+    return name.with_name(re.sub(r"\d+$", "", name.stem))

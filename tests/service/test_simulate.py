@@ -1,0 +1,50 @@
+"""The camera simulator: scan order, fly-back frames, interruptions, rolling parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stemcast.errors import ParameterError
+from stemcast.readers.mib import MibRun
+from stemcast.readers.tvips import TvipsSeries
+from stemcast.simulate import scan_frames, simulate_mib, simulate_tvips
+
+
+def test_snake_scans_reverse_every_other_line() -> None:
+    plain = list(scan_frames((5, 4), (16, 16)))
+    snake = list(scan_frames((5, 4), (16, 16), snake=True))
+    for number, (line, serpentine) in enumerate(zip(plain, snake, strict=True)):
+        np.testing.assert_array_equal(serpentine, line[::-1] if number % 2 else line)
+
+
+def test_fly_back_frames_repeat_the_end_of_each_line() -> None:
+    lines = list(scan_frames((5, 3), (16, 16), flyback_frames=2))
+    assert [len(line) for line in lines] == [7, 7, 7]
+    for line in lines:
+        np.testing.assert_array_equal(line[5:], line[4:5].repeat(2, axis=0))
+
+
+def test_a_pattern_pool_repeats_lines() -> None:
+    lines = list(scan_frames((4, 5), (16, 16), pattern_pool=2))
+    np.testing.assert_array_equal(lines[2], lines[0])
+    np.testing.assert_array_equal(lines[3], lines[1])
+
+
+def test_an_interrupted_merlin_run_ends_mid_record(tmp_path: Path) -> None:
+    [path] = simulate_mib(tmp_path, scan_shape=(6, 6), frame_size=32, interrupt_after=10)
+    run = MibRun.open(path)
+    assert run.frames == 10
+    assert path.stat().st_size == 10 * run.layout.record_size + run.layout.record_size // 2
+    assert "Frames in Acquisition (Number):\t36\n" in path.with_suffix(".hdr").read_text("latin-1")
+
+
+def test_a_tvips_series_rolls_over_parts_at_the_size_cap(tmp_path: Path) -> None:
+    paths = simulate_tvips(tmp_path, scan_shape=(4, 4), frame_size=32, bits=8, max_file_size=5000)
+    assert len(paths) == 4
+    assert all(path.stat().st_size <= 5000 for path in paths)
+    assert TvipsSeries.open(paths[0]).frames == 16
+    with pytest.raises(ParameterError, match="8 or 16 bits"):
+        simulate_tvips(tmp_path, bits=12)
