@@ -176,7 +176,7 @@ def test_format_then_parse_gives_back_the_header(header):
     assert len(raw) == header.header_size
     assert raw[:4] == b"MQ1,"
     assert raw.rstrip(b"\x00").endswith(b",")  # the NUL padding starts after a comma
-    assert parse_header_size(raw[:16]) == header.header_size
+    assert parse_header_size(raw[:18]) == header.header_size
     assert parse_frame_header(raw) == header
 
 

@@ -398,3 +398,40 @@ def test_bad_writer_parameters_are_refused(tmp_path: Path) -> None:
         MibWriter(tmp_path / "e.mib", exposure_s=0)
     with MibWriter(tmp_path / "f.mib", counter_depth=6) as writer, pytest.raises(ParameterError):
         writer.write(np.zeros((2, 128, 256), np.uint8))
+
+
+def test_vectorised_headers_equal_headers_formatted_one_by_one(tmp_path) -> None:
+    """Batch headers come from a template; each must equal the one formatted field by field."""
+    from stemcast.readers.mib._header import parse_frame_header
+    from stemcast.writers.mib import MibWriter
+
+    with MibWriter(
+        tmp_path / "t.mib", scan_shape=(7, 5), flyback_s=0.003, first_sequence=999_970
+    ) as writer:
+        stamps = writer._timestamps(0, 35)
+        one_by_one = [writer._header(i, stamp) for i, stamp in enumerate(stamps)]
+        batch = writer._headers(0, 29).view(np.uint8).reshape(29, -1)
+        for index in range(29):
+            assert batch[index].tobytes() == one_by_one[index]
+        parsed = parse_frame_header(batch[28].tobytes())
+        assert parsed.sequence_number == 999_998
+        assert parsed.utc_time == str(stamps[28]) + "Z"
+        beyond = writer._headers(0, 35).view(np.uint8).reshape(35, -1)
+        assert parse_frame_header(beyond[34].tobytes()).sequence_number == 1_000_004
+
+
+def test_sequence_numbers_past_six_digits_read_back(tmp_path) -> None:
+    from stemcast.readers.mib import MibRun, load_mib_data
+    from stemcast.writers.mib import MibWriter
+
+    frames = (np.arange(5 * 8 * 8) % 4096).astype(np.uint16).reshape(5, 8, 8)
+    with MibWriter(tmp_path / "long.mib", frame_shape=(8, 8), first_sequence=999_998) as writer:
+        writer.write(frames)
+    run = MibRun.open(tmp_path / "long.mib")
+    batches = list(run.batches(batch_frames=5))
+    assert run.frames == 5
+    assert batches[0].headers[2].startswith(b"MQ1,1000000,00384,")
+    np.testing.assert_array_equal(batches[0].frames, frames)
+    np.testing.assert_array_equal(
+        load_mib_data(str(tmp_path / "long.mib"), return_mmap=False), frames
+    )

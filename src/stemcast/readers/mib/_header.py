@@ -13,8 +13,9 @@ from stemcast.errors import FormatError, TruncatedError
 
 MAGIC = "MQ1"
 EXTENDED_MAGIC = "MQ1A"
-#: Bytes needed to read the header size: ``MQ1,`` + 6-digit sequence + ``,`` + 5 digits.
-PREFIX_SIZE = 16
+#: Bytes needed to read the header size: ``MQ1,`` + 6- or 7-digit sequence + ``,`` + 5 digits
+#: + ``,``.
+PREFIX_SIZE = 18
 #: Pixel types the Merlin software writes in field 6; ``R64`` is RAW (bit-packed words).
 PIXEL_TYPES = ("U01", "U08", "U16", "U32", "U64", "R64")
 COUNTER_DEPTHS = (1, 6, 12, 24)
@@ -110,10 +111,15 @@ def parse_header_size(
             f"frame header cut short after {len(prefix)} bytes", path=where, offset=offset
         )
     text = prefix[:PREFIX_SIZE].decode("latin-1")
-    size = _integer(text[11:16], "2 (header size)", path=where, offset=offset)
-    if text[10] != "," or size < PREFIX_SIZE:
+    # The sequence number has six digits, seven past frame 999 999.
+    start = 11 if text[10] == "," else 12 if text[11] == "," else 0
+    size_text = text[start : start + 5]
+    size = _integer(size_text, "2 (header size)", path=where, offset=offset) if start else 0
+    if size < PREFIX_SIZE or text[start + 5 : start + 6] != ",":
         raise FormatError(
-            f"frame header size field {text[11:16]!r} is not a valid size",
+            f"frame header size field {size_text!r} is not a valid size"
+            if start
+            else f"frame header sequence number field {text[4:12]!r} is not 6 or 7 digits",
             path=where,
             offset=offset,
         )

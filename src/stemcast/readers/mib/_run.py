@@ -338,7 +338,9 @@ def check_headers(records: npt.NDArray[Any], layout: MibLayout, path: str, offse
     raw = records.view(np.uint8).reshape(len(records), layout.record_size)
     expected = np.frombuffer(b"MQ1,", np.uint8)
     size_text = np.frombuffer(f"{layout.header_size:05d}".encode(), np.uint8)
-    good = (raw[:, :4] == expected).all(axis=1) & (raw[:, 11:16] == size_text).all(axis=1)
+    seven_digits = (raw[:, 10] != ord(","))[:, np.newaxis]
+    size_field = np.where(seven_digits, raw[:, 12:17], raw[:, 11:16])
+    good = (raw[:, :4] == expected).all(axis=1) & (size_field == size_text).all(axis=1)
     if not good.all():
         bad = int(np.argmin(good))
         raise FormatError(
