@@ -16,7 +16,7 @@ import numpy.typing as npt
 from stemcast.errors import ParameterError
 from stemcast.readers.mib._header import FrameHeader
 from stemcast.readers.mib._layout import MibLayout
-from stemcast.readers.mib._lazy import FrameSource, lazy_frames
+from stemcast.readers.mib._lazy import FrameSource, lazy_frames, read_frames
 from stemcast.readers.mib._run import (
     MibRun,
     MmapMode,
@@ -426,10 +426,9 @@ def load_mib_data(
         if mapped is None:
             mapped = run.read_records(first, first + count)
         return _shape_output(mapped, layout, nav, return_headers, True)
-    data = lazy_frames(FrameSource(run, first, nav), chunks)
     if not lazy:
-        data = data.compute()
-    return data.squeeze()
+        return _squeeze(read_frames(run, first, nav))
+    return lazy_frames(FrameSource(run, first, nav), chunks).squeeze()
 
 
 def _shape_output(
@@ -617,10 +616,9 @@ def _load_oriented(
     if print_info:
         print(_describe(prop, first, nav))
     assert prop.run is not None
-    data = lazy_frames(FrameSource(prop.run, first, nav, flip_rows=True), chunks)
     if not lazy:
-        data = data.compute()
-    return data.squeeze()
+        return _squeeze(read_frames(prop.run, first, nav, flip_rows=True))
+    return lazy_frames(FrameSource(prop.run, first, nav, flip_rows=True), chunks).squeeze()
 
 
 def _signal_dict(

@@ -173,7 +173,11 @@ class MibLayout:
         return rows * cols * self.dtype.itemsize
 
     def decode(
-        self, payload: npt.NDArray[Any], out: npt.NDArray[Any] | None = None
+        self,
+        payload: npt.NDArray[Any],
+        out: npt.NDArray[Any] | None = None,
+        *,
+        flip_rows: bool = False,
     ) -> npt.NDArray[Any]:
         """Decode a batch of payloads into native-endian frames.
 
@@ -183,29 +187,53 @@ class MibLayout:
             ``records["data"]`` of a batch of records: shape ``(n,) + payload_shape``.
         out
             Optional array of shape ``(n,) + frame_shape`` and dtype :attr:`dtype` to fill.
+        flip_rows
+            Whether to decode each frame upside down (rows reversed), in the same pass.
 
         Returns
         -------
         numpy.ndarray
-            Frames of shape ``(n,) + frame_shape``, dtype :attr:`dtype`, C order.
+            Frames of shape ``(n,) + frame_shape``, dtype :attr:`dtype` (C order unless ``out``
+            is not).
         """
         count = payload.shape[0]
-        if out is None:
-            out = np.empty((count, *self.frame_shape), dtype=self.dtype)
+        shape = (count, *self.frame_shape)
         if not self.raw:
-            np.copyto(out, payload, casting="unsafe")
+            if out is None:
+                out = np.empty(shape, dtype=self.dtype)
+            np.copyto(out[:, ::-1] if flip_rows else out, payload, casting="unsafe")
             return out
-        words = np.ascontiguousarray(payload).reshape(count, -1).view(">u8").astype("<u8")
+        flat = payload.reshape(count, -1)
+        if flat.strides[-1] != 1:
+            flat = np.ascontiguousarray(flat)
+        words = flat.view(">u8")
+        if flip_rows and not self.quad:
+            # Word boundaries coincide with row boundaries: reverse the rows of each image
+            # while byte-swapping the words (one copy).
+            per_frame = 2 if self.counter_depth == 24 else 1
+            words = words.reshape(count, per_frame, self.stored_height, -1)[:, :, ::-1]
+        words = words.astype("<u8").reshape(count, -1)
         if self.quad:
-            self._assemble_quad(self._unpack(words, count, self.stored_width), out)
-        elif self.counter_depth == 24:
+            if out is None:
+                out = np.empty(shape, dtype=self.dtype)
+            stored = self._unpack(words, count, self.stored_width)
+            self._assemble_quad(stored, out[:, ::-1] if flip_rows else out)
+            return out
+        if self.counter_depth == 24:
+            if out is None:
+                out = np.empty(shape, dtype=self.dtype)
             images = self._unpack(words, 2 * count, self._raw_width).reshape(
                 count, 2, self.stored_height, self._raw_width
             )
             np.left_shift(images[:, 0], 12, out=out, dtype=out.dtype)
             out |= images[:, 1]
-        else:
-            out[...] = self._unpack(words, count, self.stored_width).reshape(out.shape)
+            return out
+        pixels = self._unpack(words, count, self.stored_width).reshape(shape)
+        if out is None and pixels.dtype == self.dtype:
+            return pixels  # a new array (unpacked, or a view of the swapped words): no copy
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        out[...] = pixels
         return out
 
     def _unpack(self, words: npt.NDArray[Any], count: int, width: int) -> npt.NDArray[Any]:

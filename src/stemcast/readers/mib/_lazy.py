@@ -8,6 +8,8 @@ size, and tasks run on any worker that sees the files.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,27 +67,69 @@ class FrameSource:
             lo = self.first + int(np.ravel_multi_index(starts, self.nav_shape))
             hi = self.first + int(np.ravel_multi_index(lasts, self.nav_shape)) + 1
         records = _records(self.run, lo, hi)
-        layout = self.run.layout
-        frames = np.empty((hi - lo, *layout.frame_shape), dtype=layout.dtype)
-        # Decode straight into the flipped orientation: one pass, and a C-ordered result.
-        layout.decode(records["data"], out=frames[:, ::-1, :] if self.flip_rows else frames)
+        # Decoded straight into the flipped orientation: one pass, and a C-ordered result.
+        frames = self.run.layout.decode(records["data"], flip_rows=self.flip_rows)
         if nav_ndim == 0:
-            return frames[0][key]
+            frame: npt.NDArray[Any] = frames[0][key]
+            return frame
         if nav_ndim > 1:
             span = [stop - start for start, stop, _ in ranges]
             if int(np.prod(span)) != hi - lo:
                 frames = _select_block(frames, ranges, self.nav_shape, lo - self.first)
         block_nav = tuple(max(stop - start, 0) for start, stop, _ in ranges)
         frames = frames.reshape(*block_nav, *frames.shape[1:])
-        signal = tuple(key[nav_ndim:])
-        if any(part != slice(None) for part in signal):
-            frames = frames[(Ellipsis, *signal)]
+        signal: tuple[Any, ...] = (Ellipsis, *key[nav_ndim:])
+        if any(part != slice(None) for part in signal[1:]):
+            frames = frames[signal]
         return np.ascontiguousarray(frames)
 
 
+def read_frames(
+    run: MibRun, first: int, nav_shape: tuple[int, ...], *, flip_rows: bool = False
+) -> npt.NDArray[Any]:
+    """Decode frames ``first:first+prod(nav_shape)`` into one array, in parallel blocks.
+
+    Each block is decoded straight into its slice of the result (no per-block arrays to
+    concatenate), on as many threads as there are cores; numpy releases the GIL while it
+    copies and unpacks.
+
+    Parameters
+    ----------
+    run
+        The run to read.
+    first
+        Index of the first frame.
+    nav_shape
+        Navigation shape in array order.
+    flip_rows
+        Whether to flip each frame vertically (the orientation of ``file_reader``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``nav_shape + frame_shape``, native-endian.
+    """
+    layout = run.layout
+    count = int(np.prod(nav_shape, dtype=np.int64))
+    out = np.empty((count, *layout.frame_shape), dtype=layout.dtype)
+    step = max(1, _AUTO_CHUNK_BYTES // max(layout.bytes_per_frame_decoded, 1))
+
+    def decode(start: int) -> None:
+        stop = min(start + step, count)
+        records = _records(run, first + start, first + stop)
+        layout.decode(records["data"], out=out[start:stop], flip_rows=flip_rows)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(decode, range(0, count, step)))
+    return out.reshape(*nav_shape, *layout.frame_shape)
+
+
 def _records(run: MibRun, lo: int, hi: int) -> npt.NDArray[Any]:
-    """Records ``lo:hi``, header-checked: a read-only map of the page cache when they lie in
-    one file (decoding then copies the pixels once), else read into memory."""
+    """Return records ``lo:hi``, header-checked, without copying them when possible.
+
+    When they lie in one file they are a read-only map of the page cache (decoding then copies
+    the pixels once); otherwise they are read into memory.
+    """
     try:
         mapped = run.memmap(lo, hi, "r")
     except (OSError, ValueError):  # the file shrank: let read_records report it
@@ -119,7 +163,8 @@ def lazy_frames(source: FrameSource, chunks: Any) -> Any:
         The frames.
     chunks
         Anything :func:`dask.array.from_array` accepts; ``"auto"`` keeps each frame whole and
-        splits the navigation axes only.
+        splits the navigation axes only, into contiguous runs of frames (whole scan lines when
+        they fit) of about :data:`_AUTO_CHUNK_BYTES`.
 
     Returns
     -------
@@ -130,12 +175,12 @@ def lazy_frames(source: FrameSource, chunks: Any) -> Any:
     from dask.array.core import normalize_chunks
 
     if isinstance(chunks, str) and chunks == "auto":
-        chunks = normalize_chunks(
+        chunks = normalize_chunks(  # type: ignore[no-untyped-call]
             _auto_chunks(source.nav_shape, source.run.layout.bytes_per_frame_decoded),
             source.shape,
             dtype=source.dtype,
         )
-    return da.from_array(
+    return da.from_array(  # type: ignore[no-untyped-call]
         source,
         chunks=chunks,
         asarray=False,
