@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stemcast.errors import FormatError, ParameterError, TruncatedError
+from stemcast.errors import FormatError, TruncatedError
+from stemcast.readers._mmap import resolve_mmap_mode
 from stemcast.readers.blockfile._header import (
     VBF_OFFSET,
     BlockfileHeader,
@@ -23,8 +24,6 @@ from stemcast.readers.blockfile._header import (
 )
 
 _logger = logging.getLogger(__name__)
-
-_MMAP_MODES = ("r", "r+", "c")
 
 
 def read_header(path: str | os.PathLike[str], endianess: str = "<") -> BlockfileHeader:
@@ -79,23 +78,6 @@ def read_navigator(path: str | os.PathLike[str], endianess: str = "<") -> npt.ND
             offset=header.vbf_offset + len(raw),
         )
     return np.frombuffer(raw, dtype=np.uint8).reshape(header.ny, header.nx).copy()
-
-
-def _check_mmap_mode(mmap_mode: str | None, lazy: bool) -> str:
-    if mmap_mode is None:
-        return "r" if lazy else "c"
-    if mmap_mode == "w+":
-        raise ParameterError(
-            "'w+' would overwrite the file with zeros; stemcast never modifies sources",
-            parameter="mmap_mode",
-        )
-    if mmap_mode not in _MMAP_MODES:
-        raise ParameterError(f"{mmap_mode!r} is not one of {_MMAP_MODES}", parameter="mmap_mode")
-    if lazy and mmap_mode == "r+":
-        raise ParameterError(
-            "lazy loading does not support in-place writing ('r+')", parameter="mmap_mode"
-        )
-    return mmap_mode
 
 
 def _check_size(path: str, header: BlockfileHeader) -> None:
@@ -278,7 +260,7 @@ def file_reader(
     :class:`~stemcast.errors.TruncatedError`, where the reference pads them with zeros.
     """
     check_endianess(endianess)
-    mode = _check_mmap_mode(mmap_mode, lazy)
+    mode = resolve_mmap_mode(mmap_mode, lazy)
     path = os.fspath(filename)
     header = read_header(path, endianess)
     _check_size(path, header)
@@ -289,7 +271,7 @@ def file_reader(
     if lazy:
         data = _lazy(_RecordSource(path, header.data_offset, record, full))
     else:
-        records = np.memmap(path, dtype=record, mode=mode, offset=header.data_offset, shape=full)  # type: ignore[call-overload]
+        records = np.memmap(path, dtype=record, mode=mode, offset=header.data_offset, shape=full)
         data = records["data"]
     data = data.reshape(*nav_shape, *frame)
     return [

@@ -8,18 +8,18 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import ParameterError
+from stemcast.readers._mmap import resolve_mmap_mode
 from stemcast.readers.mib._header import FrameHeader
 from stemcast.readers.mib._layout import MibLayout
 from stemcast.readers.mib._lazy import FrameSource, lazy_frames, read_frames
 from stemcast.readers.mib._run import (
     MibRun,
-    MmapMode,
     check_headers,
     find_hdr,
     header_from_buffer,
@@ -29,7 +29,6 @@ from stemcast.shape import ScanShape, complete_lines, infer_scan_shape
 
 _logger = logging.getLogger(__name__)
 
-_MMAP_MODES = ("r", "r+", "c")
 #: Headers read to infer the scan width from timestamps (as the reference reader).
 _TIMESTAMP_FRAMES = 10_000
 _DYNAMIC_RANGE = {"U01": "1 or 6-bit", "U08": "1 or 6-bit", "U16": "12-bit", "U32": "24-bit"}
@@ -317,23 +316,6 @@ def _frame_range(
     return first, max(last - first, 0)
 
 
-def _check_mmap_mode(mmap_mode: str | None, lazy: bool) -> MmapMode:
-    if mmap_mode is None:
-        return "r" if lazy else "c"
-    if mmap_mode == "w+":
-        raise ParameterError(
-            "'w+' would overwrite the source file; stemcast never modifies sources",
-            parameter="mmap_mode",
-        )
-    if mmap_mode not in _MMAP_MODES:
-        raise ParameterError(f"{mmap_mode!r} is not one of {_MMAP_MODES}", parameter="mmap_mode")
-    if lazy and mmap_mode == "r+":
-        raise ParameterError(
-            "lazy loading does not support in-place writing ('r+')", parameter="mmap_mode"
-        )
-    return cast(MmapMode, mmap_mode)
-
-
 def load_mib_data(
     path: PathOrBuffer,
     lazy: bool = False,
@@ -394,7 +376,7 @@ def load_mib_data(
         raise ParameterError(
             "headers can only be returned with return_mmap=True", parameter="return_headers"
         )
-    mode = _check_mmap_mode(mmap_mode, lazy)
+    mode = resolve_mmap_mode(mmap_mode, lazy)
     is_buffer = isinstance(path, (bytes, bytearray, memoryview))
     if is_buffer and lazy:
         raise ParameterError("lazy loading is not supported with a memory buffer", parameter="lazy")
@@ -581,7 +563,7 @@ def file_reader(
         _logger.warning("`hdr` file couldn't be found.")
     scan = scan_shape_of(prop, hdr, navigation_shape)
     nav_arg = scan.shape if len(scan.shape) > 1 or navigation_shape is not None else None
-    mode = _check_mmap_mode(mmap_mode, lazy)
+    mode = resolve_mmap_mode(mmap_mode, lazy)
     if lazy or prop._layout().raw or (prop.run is not None and len(prop.run.segments) > 1):
         data = _load_oriented(prop, lazy, chunks, nav_arg, first_frame, last_frame, print_info)
     else:

@@ -12,13 +12,14 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from stemcast.batch import FrameBatch
 from stemcast.errors import FormatError, ParameterError
+from stemcast.readers._mmap import MmapMode
 from stemcast.readers.mib._header import (
     PREFIX_SIZE,
     FrameHeader,
@@ -27,9 +28,6 @@ from stemcast.readers.mib._header import (
     parse_header_size,
 )
 from stemcast.readers.mib._layout import MibLayout
-
-#: Memory-map modes that never write to the source file's bytes on disk, plus "r+".
-MmapMode = Literal["r", "r+", "c"]
 
 _TRAILING_DIGITS = re.compile(r"^(?P<stem>.*?)(?P<number>\d+)$")
 
