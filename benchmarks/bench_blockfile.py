@@ -35,7 +35,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -49,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from machine import describe_machine
 
 FRAME = 256
 RECORD = 384 + FRAME * FRAME * 2  # 12-bit frames are stored as U16
@@ -344,33 +345,6 @@ def report(size: int, scaling: str, rows: list[Row]) -> None:
         print(f"target {name}: {'met' if ok else 'NOT met'} ({value})")
 
 
-def machine_info() -> None:
-    import dask
-    import skimage
-
-    versions = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "dask": dask.__version__,
-        "scikit-image": skimage.__version__,
-    }
-    for module in ("rsciio", "stemcast"):
-        try:
-            versions[module] = __import__(module).__version__
-        except Exception:
-            versions[module] = "not installed"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as stream:
-        for line in stream:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {cpu}, {cores} cores, load average {load:.2f}, {platform.platform()}")
-    print("versions: " + ", ".join(f"{key} {value}" for key, value in versions.items()))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gb", type=float, default=0.5, help="source size (default 0.5)")
@@ -394,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child, args.source, args.dest, (x, y), args.scaling)
         return 0
 
-    machine_info()
+    describe_machine(("numpy", "dask", "skimage", "rsciio", "stemcast"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     source, scan = ensure_source(args.workdir, args.size_gb)
     size = source.stat().st_size

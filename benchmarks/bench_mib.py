@@ -29,7 +29,6 @@ import functools
 import gc
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from machine import describe_machine
 from stemcast.readers.mib import file_reader as stemcast_reader
 from stemcast.writers.mib import MibWriter
 
@@ -311,33 +311,6 @@ def check_equal(rows: list[Row], skip: str) -> None:
     print(f"VBF check: all methods agree ({reference[1].shape}, total {reference[1].sum()})")
 
 
-def machine_info() -> None:
-    import dask
-
-    versions = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "dask": dask.__version__,
-    }
-    for module in ("rsciio", "libertem", "numba", "stemcast"):
-        try:
-            versions[module] = __import__(module).__version__
-        except Exception:
-            versions[module] = "not installed"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as stream:
-        for line in stream:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = ""
-    with contextlib.suppress(OSError), open("/proc/meminfo") as stream:
-        memory = f", {int(stream.readline().split()[1]) / 2**20:.1f} GiB RAM"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"machine: {cpu}, {cores} cores available{memory}, {platform.platform()}")
-    print("versions: " + ", ".join(f"{key} {value}" for key, value in versions.items()))
-
-
 def libertem_rows(
     executors: list[str], cpus: int, path: Path, nav: tuple[int, int], repeat: int
 ) -> tuple[list[Row], str | None]:
@@ -437,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
 
-    machine_info()
+    describe_machine(("numpy", "dask", "rsciio", "libertem", "numba", "stemcast"))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     executors = [item for item in args.libertem.split(",") if item]
     args.workdir.mkdir(parents=True, exist_ok=True)

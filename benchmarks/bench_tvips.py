@@ -28,7 +28,6 @@ import contextlib
 import gc
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from machine import describe_machine
 from stemcast.readers.tvips import file_reader as stemcast_reader
 from stemcast.simulate import diffraction_patterns
 from stemcast.writers.tvips import file_writer as stemcast_writer
@@ -198,30 +198,6 @@ def report(title: str, size: int, rows: list[Row], limit: str, reference: str) -
     )
 
 
-def machine_info() -> None:
-    import dask
-
-    versions = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "dask": dask.__version__,
-    }
-    for module in ("rsciio", "stemcast"):
-        try:
-            versions[module] = __import__(module).__version__
-        except Exception:
-            versions[module] = "not installed"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as stream:
-        for line in stream:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"machine: {cpu}, {cores} cores available, {platform.platform()}")
-    print("versions: " + ", ".join(f"{key} {value}" for key, value in versions.items()))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -242,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    machine_info()
+    describe_machine(("numpy", "dask", "rsciio", "stemcast"))
 
     print(f"making a {args.size_gb} GB scan of synthetic diffraction patterns ...", flush=True)
     signal = make_signal(args.size_gb * 1e9)
