@@ -34,7 +34,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -46,6 +45,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from machine import describe_machine
 
 FRAME = (256, 256)
 RECORD = 384 + FRAME[0] * FRAME[1] * 2
@@ -340,6 +341,7 @@ def main() -> None:
     parser.add_argument("--events", type=float, default=1e8)
     parser.add_argument("--workdir", type=Path, default=Path(__file__).parent / "data")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per method (median)")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "SOURCE", "TARGET"))
     args = parser.parse_args()
     if args.child:
@@ -349,22 +351,33 @@ def main() -> None:
 
     workdir: Path = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    describe_machine(("numpy", "h5py", "rsciio", "stemcast"))
     mib = ensure_mib(workdir, args.size_gb)
     size = mib.stat().st_size
     warm(mib)
     print(f"\nMIB -> EMD: {mib.name}, {size / 1e9:.3f} GB")
-    results: dict[str, dict[str, Any]] = {}
     methods = ["cp", "cp+fsync", "stemcast"]
     if not args.skip_reference:
         methods.append("rosettasciio")
+    # Rounds interleave the methods, so that a slow spell of the disk hits all of them.
+    runs: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
+    for _ in range(args.repeat):
+        for method in methods:
+            target = workdir / f"emd_out_{method}.emd"
+            runs[method].append(run_child(method, mib, target))
+    results: dict[str, dict[str, Any]] = {}
     for method in methods:
-        target = workdir / f"emd_out_{method}.emd"
-        results[method] = run_child(method, mib, target)
+        times = sorted(run["seconds"] for run in runs[method])
+        results[method] = {
+            "seconds": float(np.median(times)),
+            "peak_mb": max(run["peak_mb"] for run in runs[method]),
+        }
         rate = size / results[method]["seconds"] / 1e9
         print(
             f"  {method:<14} {results[method]['seconds']:7.2f} s  {rate:5.2f} GB/s  "
-            f"peak {results[method]['peak_mb']:6.0f} MB",
+            f"peak {results[method]['peak_mb']:6.0f} MB  (runs: "
+            + ", ".join(f"{value:.2f}" for value in times)
+            + ")",
             flush=True,
         )
     if not args.skip_reference:
