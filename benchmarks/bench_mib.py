@@ -386,6 +386,15 @@ def targets(rows: list[Row], limit_name: str, ref_name: str | None, limit_target
         print(f"target check, {row.method}: " + ", ".join(parts))
 
 
+#: The readers timed on every file, besides LiberTEM and the limit.
+READERS = [
+    ("stemcast eager", stemcast_eager),
+    ("stemcast lazy", stemcast_lazy),
+    ("rosettasciio eager", rsciio_eager),
+    ("rosettasciio lazy", rsciio_lazy),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -423,12 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             "12-bit processed (U16) 256x256",
             path,
             (scan[1], scan[0]),
-            [
-                ("stemcast eager", stemcast_eager),
-                ("stemcast lazy", stemcast_lazy),
-                ("rosettasciio eager", rsciio_eager),
-                ("rosettasciio lazy", rsciio_lazy),
-            ],
+            READERS,
             executors,
             cpus or 1,
             args.repeat,
@@ -443,12 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             "RAW 1-bit (R64) 256x256",
             path,
             (scan[1], scan[0]),
-            [
-                ("stemcast eager", stemcast_eager),
-                ("stemcast lazy", stemcast_lazy),
-                ("rosettasciio eager", rsciio_eager),
-                ("rosettasciio lazy", rsciio_lazy),
-            ],
+            READERS,
             executors,
             cpus or 1,
             args.repeat,
