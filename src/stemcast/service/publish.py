@@ -8,6 +8,10 @@ send with ``zmq.asyncio`` costs is paid once per batch instead of once per frame
 preview channel never waits: PUB drops at its (low) high-water mark, and a per-series rate
 limit keeps it to what a viewer can draw.
 
+When the service exports metrics, the publisher counts what it sends and drops, times each
+batch's send, and follows the connections of both sockets through ZeroMQ socket monitors
+(accepted minus disconnected TCP peers: the subscribers ZeroMQ can see).
+
 Frame buffers go to the data channel without a copy (``copy=False``): each batch is a fresh
 array that nothing writes to again, and pyzmq keeps a reference to it until libzmq has sent
 it.
@@ -22,8 +26,10 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from stemcast.batch import FrameBatch
+from stemcast.service.metrics import Metrics
 from stemcast.service.protocol import FRAME, SERIES, SERIES_END, encode_header
 
 __all__ = ["Publisher", "PublisherClosed", "SeriesState"]
@@ -61,6 +67,8 @@ class Publisher:
         High-water marks in messages.
     preview_max_fps
         Most preview frames per second per series.
+    metrics
+        Where to count sent and dropped frames, send times and connected subscribers.
     """
 
     def __init__(
@@ -71,7 +79,9 @@ class Publisher:
         data_hwm: int = 64,
         preview_hwm: int = 2,
         preview_max_fps: float = 10.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.context = zmq.Context()
         self.data = self.context.socket(zmq.PUSH)
         self.data.sndhwm = data_hwm
@@ -89,6 +99,11 @@ class Publisher:
         self.sequence = 0
         self.data_messages = 0
         self.preview_messages = 0
+        self._monitor: _ConnectionMonitor | None = None
+        if metrics is not None:
+            self._monitor = _ConnectionMonitor(
+                {"data": self.data, "preview": self.preview}, metrics
+            )
 
     @property
     def data_address(self) -> str:
@@ -122,13 +137,16 @@ class Publisher:
                         if self._closing.is_set():
                             raise PublisherClosed("no consumer took the data") from None
 
-    def _preview(self, header: dict[str, Any], *parts: Any) -> None:
+    def _preview(self, header: dict[str, Any], *parts: Any) -> bool:
+        """Send a message on the preview channel if it has room; return whether it went."""
         header["message"] = self.preview_messages
         self.preview_messages += 1
         try:
             self.preview.send_multipart([encode_header(header), *parts], flags=zmq.NOBLOCK)
         except zmq.Again:
             _logger.debug("preview message %d dropped", header["message"])
+            return False
+        return True
 
     async def series(self, state: SeriesState, nav: dict[str, Any]) -> None:
         """Announce a series on both channels.
@@ -169,6 +187,7 @@ class Publisher:
             "dtype": state.fields["dtype"],
         }
         messages = []
+        previewed = 0
         for offset, extra in enumerate(per_frame):
             header = {**common, "frame": batch.start + offset, "sequence": self.sequence, **extra}
             self.sequence += 1
@@ -176,10 +195,16 @@ class Publisher:
             now = time.monotonic()
             if now - state.last_preview >= self.preview_interval:
                 state.last_preview = now
-                self._preview(dict(header), frame)
+                previewed += self._preview(dict(header), frame)
             messages.append((header, frame))
+        started = time.perf_counter()
         await self._data(messages)
         state.frames_sent += len(per_frame)
+        if self.metrics is not None:
+            detector = str(state.fields.get("detector", "unknown"))
+            self.metrics.publish_latency(detector, time.perf_counter() - started)
+            self.metrics.published(detector, len(per_frame), frames[: len(per_frame)].nbytes)
+            self.metrics.preview_dropped(detector, len(per_frame) - previewed)
 
     async def series_end(self, state: SeriesState, fields: dict[str, Any]) -> None:
         """Close a series on both channels.
@@ -213,7 +238,49 @@ class Publisher:
             Time given to the data channel to deliver what is queued; previews are dropped.
         """
         self.stop_waiting()
+        if self._monitor is not None:
+            self._monitor.stop()
         with self._sending:
             self.data.close(linger=round(linger_s * 1000))
         self.preview.close(linger=0)
         self.context.term()
+
+
+class _ConnectionMonitor:
+    """Count the peers connected to each socket from ZeroMQ's monitor events, in a thread."""
+
+    _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+    _POLL_MS = 100
+
+    def __init__(self, sockets: dict[str, zmq.Socket[bytes]], metrics: Metrics) -> None:
+        self._sockets = list(sockets.values())
+        self._monitors = {
+            channel: socket.get_monitor_socket(self._EVENTS) for channel, socket in sockets.items()
+        }
+        self._metrics = metrics
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="zmq-monitor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        channels = {}
+        for channel, monitor in self._monitors.items():
+            poller.register(monitor, zmq.POLLIN)
+            channels[monitor] = channel
+        while not self._stopping.is_set():
+            for monitor, _ in poller.poll(self._POLL_MS):
+                event = recv_monitor_message(monitor)["event"]
+                if event == zmq.EVENT_ACCEPTED:
+                    self._metrics.subscriber_connected(channels[monitor])
+                elif event == zmq.EVENT_DISCONNECTED:
+                    self._metrics.subscriber_disconnected(channels[monitor])
+
+    def stop(self) -> None:
+        """End the thread and close the monitor sockets."""
+        self._stopping.set()
+        self._thread.join()
+        for socket in self._sockets:
+            socket.disable_monitor()
+        for monitor in self._monitors.values():
+            monitor.close(linger=0)
