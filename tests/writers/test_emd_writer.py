@@ -313,3 +313,30 @@ def test_missing_output_folder_is_named(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="folder of the output does not exist") as error:
         EmdWriter(path, PATTERN, np.uint16)
     assert error.value.path == str(path)
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "lzf"])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_streamed_filters_read_back_through_hdf5(
+    tmp_path: Path, compression: str | None, shuffle: bool
+) -> None:
+    """Chunks written directly (unfiltered or deflated here) or through HDF5's filter
+    pipeline read back the same through h5py, whatever the filter combination."""
+    frames = np.random.default_rng(7).integers(0, 4096, (6, 16, 16), dtype=np.uint16)
+    path = tmp_path / "filtered.emd"
+    with EmdWriter(
+        path,
+        (16, 16),
+        np.uint16,
+        scan_shape=(3, 2),
+        chunks=(1, 1, 16, 16),
+        compression=compression,
+        shuffle=shuffle,
+    ) as writer:
+        writer.append(frames)
+    with h5py.File(path, "r") as file:
+        (name,) = file["signals"]
+        dataset = file["signals"][name]["data"]
+        assert dataset.shuffle is shuffle
+        assert dataset.compression == compression
+        np.testing.assert_array_equal(dataset[()].T.reshape(6, 16, 16), frames)

@@ -263,7 +263,7 @@ class EmdWriter:
             and self.dtype.kind in "biufc"
             and not fletcher32
             and scaleoffset is None
-            and (compression is None or self._level is not None)
+            and (self._level is not None or (compression is None and not shuffle))
         )
         self._shuffle = bool(shuffle)
         self._executor: ThreadPoolExecutor | None = None
