@@ -1,10 +1,11 @@
-"""Command line: ``stemcast info | serve | simulate | subscribe | demo``."""
+"""Command line: ``stemcast info | serve | simulate | subscribe | convert | demo``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -211,13 +212,20 @@ def _serve(args: argparse.Namespace) -> int:
         polling=True if args.polling else None,
         idle_timeout_s=args.idle_timeout,
         navigation_shape=args.navigation_shape,
+        http=args.http,
+        output=args.output,
+        convert=args.convert,
+        token_file=args.token_file,
+        registry=args.registry,
+        scheduler=args.scheduler,
     )
 
     def ready(service: Service) -> None:
         publisher = service.publisher
+        http = f", http {service.http_address}" if service.http_address else ""
         print(
             f"stemcast serve: watching {', '.join(map(str, settings.watch))}; "
-            f"data {publisher.data_address}, preview {publisher.preview_address}",
+            f"data {publisher.data_address}, preview {publisher.preview_address}{http}",
             flush=True,
         )
 
@@ -315,13 +323,13 @@ def _demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="stemcast-demo-") as scratch:
         directory = Path(args.directory or scratch)
         directory.mkdir(parents=True, exist_ok=True)
-        code = asyncio.run(_live_demo(args, directory))
+        code = asyncio.run(_live_demo(args, directory, Path(scratch)))
         if args.directory:
             print(f"\nThe acquisition stays in {directory}.")
     return code
 
 
-async def _live_demo(args: argparse.Namespace, directory: Path) -> int:
+async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -> int:
     """Run the simulator, the service and a subscriber together; print what arrives."""
     import asyncio
     import time
@@ -338,6 +346,8 @@ async def _live_demo(args: argparse.Namespace, directory: Path) -> int:
         data_endpoint="tcp://127.0.0.1:0",
         preview_endpoint="tcp://127.0.0.1:0",
         idle_timeout_s=5.0,
+        http="127.0.0.1:0",
+        registry=scratch / "registry.sqlite3",
     )
     started: asyncio.Future[Service] = asyncio.get_running_loop().create_future()
     service_task = asyncio.create_task(serve(settings, started.set_result))
@@ -349,7 +359,7 @@ async def _live_demo(args: argparse.Namespace, directory: Path) -> int:
         f"camera     simulated Merlin, {x} x {y} scan of {size} x {size} frames "
         f"({args.depth}-bit) at {rate}, writing to {directory}\n"
         f"service    following {directory}: data {service.publisher.data_address}, "
-        f"preview {service.publisher.preview_address}",
+        f"preview {service.publisher.preview_address}, http {service.http_address}",
         flush=True,
     )
     rows = slice(size // 2 - size // 16, size // 2 + size // 16)
@@ -423,6 +433,138 @@ async def _live_demo(args: argparse.Namespace, directory: Path) -> int:
     return 0 if frames == end["frames"] and end["status"] == "complete" else 1
 
 
+def _option(text: str) -> tuple[str, str, Any]:
+    """Parse ``target.name=value``; the value is read as JSON when it parses, else as text."""
+    key, equals, value = text.partition("=")
+    target, dot, name = key.strip().partition(".")
+    if not (equals and dot and target and name):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not target.name=value, e.g. emd.compression=gzip"
+        )
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return target, name, parsed
+
+
+def _convert_failed(source: Path | str, error: BaseException) -> None:
+    message = str(error) or type(error).__name__
+    if str(source) not in message:
+        message = f"{source}: {message}"
+    print(f"stemcast convert: error: {message}", file=sys.stderr, flush=True)
+
+
+def _convert_sources(
+    paths: Sequence[Path], targets: Sequence[str], output: Path
+) -> tuple[list[Path], bool]:
+    """Find the runs to convert, each once; say whether a path named none (error printed)."""
+    from stemcast.service.convert import output_paths, run_source
+
+    runs: list[Path] = []
+    claimed: dict[Path, Path] = {}
+    failed = False
+    for path in paths:
+        try:
+            first = Path(os.path.abspath(run_source(path)))
+        except StemcastError as error:
+            _convert_failed(path, error)
+            failed = True
+            continue
+        if first in runs:
+            continue
+        outputs = list(output_paths(first, targets, output).values())
+        clash = next((claimed[out] for out in outputs if out in claimed), None)
+        if clash is not None:
+            _convert_failed(first, ParameterError(f"its outputs would replace those of {clash}"))
+            failed = True
+            continue
+        claimed.update(dict.fromkeys(outputs, first))
+        runs.append(first)
+    return runs, failed
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from stemcast.service.convert import check_options, convert_run, parse_targets
+
+    targets = parse_targets(args.to)
+    given: dict[str, dict[str, Any]] = {}
+    for target, name, value in args.option or []:
+        given.setdefault(target, {})[name] = value
+    options = check_options(targets, given)
+    runs, failed = _convert_sources(args.paths, targets, args.output)
+    if args.scheduler:
+        return int(_convert_on_cluster(args, runs, targets, options) or failed)
+    for first in runs:
+        with tqdm(unit="frame", desc=first.name, disable=None, leave=False) as bar:
+
+            def progress(done: int, total: int, bar: Any = bar) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            try:
+                result = convert_run(
+                    first,
+                    targets,
+                    args.output,
+                    options=options,
+                    navigation_shape=args.navigation_shape,
+                    progress=progress,
+                )
+            except (StemcastError, OSError) as error:
+                bar.close()
+                _convert_failed(first, error)
+                failed = True
+                continue
+        for path in result.outputs.values():
+            print(path, flush=True)
+    return int(failed)
+
+
+def _convert_on_cluster(
+    args: argparse.Namespace, runs: list[Path], targets: Sequence[str], options: dict[str, Any]
+) -> bool:
+    """Convert each run as one task on a dask.distributed cluster; report runs as they end."""
+    import uuid
+
+    from distributed import Client, as_completed
+    from tqdm import tqdm
+
+    from stemcast.service.convert import convert_on_worker
+
+    failed = False
+    output = os.path.abspath(args.output)
+    shape = list(args.navigation_shape) if args.navigation_shape else None
+    with Client(args.scheduler) as client:  # type: ignore[no-untyped-call]
+        futures = {
+            client.submit(
+                convert_on_worker,
+                uuid.uuid4().hex,
+                os.fspath(first),
+                list(targets),
+                output,
+                options=options,
+                navigation_shape=shape,
+                pure=False,
+            ): first
+            for first in runs
+        }
+        with tqdm(total=len(futures), unit="run", disable=None) as bar:
+            for future in as_completed(futures):  # type: ignore[no-untyped-call]
+                try:
+                    result = future.result()
+                except Exception as error:
+                    _convert_failed(futures[future], error)
+                    failed = True
+                else:
+                    for path in result["outputs"].values():
+                        bar.write(path, file=sys.stdout)
+                bar.update()
+    return failed
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``stemcast`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -457,6 +599,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--navigation-shape", type=_scan, metavar="XxY", help="scan shape of every run"
+    )
+    serve.add_argument(
+        "--http", metavar="ADDR", help="HTTP API bind address (127.0.0.1:8750; 'off': none)"
+    )
+    serve.add_argument("--output", type=Path, metavar="DIR", help="output root of conversions")
+    serve.add_argument(
+        "--convert", metavar="TARGETS", help="convert every finished run to, e.g. emd,blockfile"
+    )
+    serve.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="bearer token of the HTTP API's changes"
+    )
+    serve.add_argument("--registry", type=Path, metavar="FILE", help="SQLite registry of runs")
+    serve.add_argument(
+        "--scheduler", metavar="ADDRESS", help="dask.distributed scheduler for conversions"
     )
     serve.add_argument("--quiet", action="store_true", help="log errors only")
     serve.set_defaults(handler=_serve)
@@ -518,6 +674,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, metavar="S", help="exit if nothing arrives for S seconds"
     )
     subscribe.set_defaults(handler=_subscribe)
+
+    convert = commands.add_parser(
+        "convert", help="convert finished runs to blockfile and EMD (one pass, bounded memory)"
+    )
+    convert.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="a file of each run (.mib, .tvips)"
+    )
+    convert.add_argument(
+        "--to", required=True, metavar="TARGETS", help="comma-separated: emd, blockfile"
+    )
+    convert.add_argument("--output", required=True, type=Path, metavar="DIR", help="output folder")
+    convert.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run one task per run on this dask scheduler"
+    )
+    convert.add_argument(
+        "--navigation-shape", type=_scan, metavar="XxY", help="scan shape (default: inferred)"
+    )
+    convert.add_argument(
+        "--option",
+        action="append",
+        type=_option,
+        metavar="TARGET.NAME=VALUE",
+        help="target option, e.g. blockfile.intensity_scaling=minmax (repeat)",
+    )
+    convert.set_defaults(handler=_convert)
 
     demo = commands.add_parser(
         "demo", help="simulate a camera, follow it live and show what a subscriber receives"

@@ -16,6 +16,7 @@ __all__ = [
     "TruncatedError",
     "ParameterError",
     "UnsupportedError",
+    "OutputError",
 ]
 
 
@@ -73,3 +74,16 @@ class ParameterError(StemcastError, ValueError):
 
 class UnsupportedError(StemcastError, NotImplementedError):
     """A valid file uses a feature that stemcast does not handle."""
+
+
+class OutputError(StemcastError, OSError):
+    """An output cannot be written: unwritable folder, no space left on device, ...
+
+    The message names the output and the operating system's reason, e.g.
+    ``cannot write /data/out/scan.emd: [Errno 28] No space left on device``.
+    """
+
+    def _message(self) -> str:
+        if self.path is None:
+            return self.problem
+        return f"cannot write {self.path}: {self.problem}"

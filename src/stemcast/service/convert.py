@@ -1,0 +1,1096 @@
+"""Convert a finished run to blockfile and EMD: one pass over the source, bounded memory.
+
+The run is read once, batch by batch (about 16 MiB of frames), with the next batch read and
+decoded in a thread while the current one is written; every requested writer gets each
+batch. Frames are oriented as the offline readers return them, and the navigation shape is
+the one they find (or the one given), so that reading an output with the reference library
+gives what reading the source with it gives.
+
+Navigation shape
+----------------
+* Given (the service passes the shape it inferred live): used, keeping its complete lines.
+* Otherwise inferred as the offline readers do: for a Merlin run the user-free rules of
+  :func:`stemcast.readers.mib.scan_shape_of` (``.hdr``, frames per trigger, timestamps); for
+  a TVIPS series the rotator index of the frame headers (``scan_shape="auto"`` of
+  :func:`stemcast.readers.tvips.file_reader`: a position may repeat a neighbouring frame).
+* An interrupted scan keeps its complete lines. When not one line is complete, the frames
+  are written as a stack: EMD ``(n,)``, blockfile an ``n x 1`` scan. A blockfile holds at
+  most two navigation axes of at most 65535 positions: other shapes are refused
+  (:class:`~stemcast.errors.ParameterError`) before anything is written.
+* As the Merlin reader does, navigation axes of length 1 are dropped for Merlin runs.
+
+Outputs
+-------
+Every output is written under a temporary name in its final folder, fsynced and renamed
+(:func:`stemcast._atomic.atomic_path`); temporary files left by a killed process are removed
+first. All outputs of one call are written together and renamed at the end; if one fails, the
+others of the call are removed, so a call leaves all its outputs or none. Before each EMD
+batch the free space of its folder is checked: HDF5 crashes the process when it closes a
+file after a failed write, so a full disk is refused before HDF5 sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from stemcast.batch import FrameBatch
+from stemcast.errors import (
+    FormatError,
+    OutputError,
+    ParameterError,
+    StemcastError,
+    TruncatedError,
+)
+from stemcast.service.tail import MibSource, NotReady, Source, TvipsSource, open_source
+from stemcast.shape import Evidence, ScanShape, complete_lines
+
+__all__ = [
+    "TARGETS",
+    "Cancelled",
+    "Converted",
+    "check_options",
+    "convert_on_worker",
+    "convert_run",
+    "output_paths",
+    "parse_targets",
+    "run_source",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: Conversion targets and the suffix of their output files.
+TARGETS: dict[str, str] = {"blockfile": ".blo", "emd": ".emd"}
+
+#: Source frames read, decoded and written at a time.
+_BATCH_BYTES = 16 * 2**20
+#: Free space kept for HDF5's own structures (chunk index, metadata) when it closes a file.
+_EMD_RESERVE_BYTES = 2**20
+_EMD_RESERVE_PER_FRAME = 64
+_BLOCKFILE_MAX = 65535
+#: Bytes before each frame of a blockfile (marker and frame number).
+_BLOCKFILE_RECORD_HEADER = 6
+_GZIP_DEFAULT_LEVEL = 4
+_SCALINGS = ("dtype", "minmax", "crop")
+_TVIPS_PART = re.compile(r"^(?P<base>.+)_(?P<index>\d{3})$")
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial$")
+#: Seconds between two looks at the cancel event, and between two progress reports, on a
+#: dask worker (each is a round trip to the scheduler).
+_WORKER_POLL_S = 0.5
+
+_QUIET = threading.Lock()
+
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "blockfile": ("endianess", "intensity_scaling"),
+    "emd": ("chunks", "compression", "compression_opts", "shuffle"),
+}
+#: The default blockfile scaling: ``"minmax"`` for sources wider than 8 bits, else none.
+_AUTO_SCALING = "auto"
+_DEFAULTS: dict[str, Any] = {
+    "blockfile.endianess": "<",
+    "blockfile.intensity_scaling": _AUTO_SCALING,
+    "emd.chunks": None,
+    "emd.compression": None,
+    "emd.shuffle": False,
+}
+
+
+class Cancelled(Exception):
+    """The conversion was cancelled between two batches; no output was left behind."""
+
+
+# ------------------------------------------------------------------------------------------
+# Targets and options
+# ------------------------------------------------------------------------------------------
+
+
+def parse_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
+    """Read the conversion targets: ``"emd,blockfile"`` or ``["emd", "blockfile"]``.
+
+    Parameters
+    ----------
+    targets
+        Target names (see :data:`TARGETS`), comma-separated or as a sequence.
+
+    Returns
+    -------
+    tuple of str
+        The targets, sorted, each once.
+
+    Raises
+    ------
+    ParameterError
+        When a name is not a target or none is given (``parameter="targets"``).
+    """
+    names = targets.split(",") if isinstance(targets, str) else list(targets)
+    chosen = set()
+    for name in names:
+        if not isinstance(name, str):
+            raise ParameterError(f"{name!r} is not a target name", parameter="targets")
+        name = name.strip().lower()
+        if not name:
+            continue
+        if name not in TARGETS:
+            raise ParameterError(
+                f"{name!r} is not a target: choose from {', '.join(sorted(TARGETS))}",
+                parameter="targets",
+            )
+        chosen.add(name)
+    if not chosen:
+        raise ParameterError(
+            f"no target given: choose from {', '.join(sorted(TARGETS))}", parameter="targets"
+        )
+    return tuple(sorted(chosen))
+
+
+def check_options(
+    targets: Sequence[str], options: Mapping[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """Check the options of the targets and put them in a canonical form.
+
+    Options left at their default value are dropped, so equal requests give equal
+    dictionaries (the service hashes them to avoid converting twice).
+
+    Parameters
+    ----------
+    targets
+        The requested targets.
+    options
+        ``{"blockfile": {...}, "emd": {...}}``, keys only for requested targets:
+
+        - blockfile: ``intensity_scaling`` (``None``, ``"dtype"``, ``"minmax"``, ``"crop"``
+          or ``[low, high]``; by default ``"minmax"`` for sources wider than 8 bits, whose
+          counts would otherwise wrap around at 256, and ``None`` for 8-bit sources),
+          ``endianess`` (``"<"`` or ``">"``);
+        - emd: ``chunks`` (list of int in array order, navigation axes first, or ``None``),
+          ``compression`` (``None``, ``"gzip"`` or ``"lzf"``), ``compression_opts`` (gzip
+          level 0-9, default 4), ``shuffle`` (bool; only with compression).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable options of every requested target (``{}``: all defaults), keys
+        sorted.
+
+    Raises
+    ------
+    ParameterError
+        Naming the offending option, e.g. ``parameter="options.emd.chunks"``.
+    """
+    chosen = parse_targets(targets)
+    given = {} if options is None else options
+    if not isinstance(given, Mapping):
+        raise ParameterError(f"{given!r} is not a mapping of targets", parameter="options")
+    for target in given:
+        if target not in chosen:
+            raise ParameterError(
+                f"options for {target!r}, which is not a requested target ({', '.join(chosen)})",
+                parameter=f"options.{target}",
+            )
+    result: dict[str, dict[str, Any]] = {}
+    for target in chosen:
+        items = given.get(target, {})
+        if not isinstance(items, Mapping):
+            raise ParameterError(f"{items!r} is not a mapping", parameter=f"options.{target}")
+        for name in items:
+            if name not in _OPTIONS[target]:
+                raise ParameterError(
+                    f"unknown {target} option: choose from {', '.join(_OPTIONS[target])}",
+                    parameter=f"options.{target}.{name}",
+                )
+        checked = _blockfile_options(items) if target == "blockfile" else _emd_options(items)
+        result[target] = {
+            name: checked[name]
+            for name in sorted(checked)
+            if f"{target}.{name}" not in _DEFAULTS or checked[name] != _DEFAULTS[f"{target}.{name}"]
+        }
+    return result
+
+
+def _blockfile_options(items: Mapping[str, Any]) -> dict[str, Any]:
+    scaling = items.get("intensity_scaling", _AUTO_SCALING)
+    where = "options.blockfile.intensity_scaling"
+    if isinstance(scaling, str):
+        if scaling not in (*_SCALINGS, _AUTO_SCALING):
+            raise ParameterError(
+                f"{scaling!r} is not None, {', '.join(map(repr, _SCALINGS))} or [low, high]",
+                parameter=where,
+            )
+    elif scaling is not None:
+        scaling = _range(scaling, where)
+    endianess = items.get("endianess", "<")
+    if endianess not in ("<", ">"):
+        raise ParameterError(
+            f"{endianess!r} is not '<' or '>'", parameter="options.blockfile.endianess"
+        )
+    return {"intensity_scaling": scaling, "endianess": endianess}
+
+
+def _resolve_scaling(options: Mapping[str, Any], plan: _Plan) -> dict[str, Any]:
+    """Replace the default scaling by what it means for this source."""
+    scaling = options.get("intensity_scaling", _AUTO_SCALING)
+    if scaling == _AUTO_SCALING:
+        scaling = None if plan.source.dtype == np.uint8 else "minmax"
+    return {**options, "intensity_scaling": scaling}
+
+
+def _range(value: Any, where: str) -> list[float]:
+    """``[low, high]`` finite numbers with ``low < high``."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ParameterError(f"{value!r} is not [low, high]", parameter=where)
+    numbers = list(value)
+    if len(numbers) != 2 or not all(_is_number(number) for number in numbers):
+        raise ParameterError(f"{value!r} is not [low, high]", parameter=where)
+    low, high = (float(number) for number in numbers)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ParameterError(f"{value!r} is not a finite range with low < high", parameter=where)
+    return [low, high]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _emd_options(items: Mapping[str, Any]) -> dict[str, Any]:
+    checked: dict[str, Any] = {}
+    chunks = items.get("chunks")
+    if chunks is not None:
+        if (
+            isinstance(chunks, (str, bytes, Mapping))
+            or not isinstance(chunks, Sequence)
+            or not chunks
+            or not all(_is_int(size) and size >= 1 for size in chunks)
+        ):
+            raise ParameterError(
+                f"{chunks!r} is not a list of positive integers (array order)",
+                parameter="options.emd.chunks",
+            )
+        chunks = [int(size) for size in chunks]
+    checked["chunks"] = chunks
+    compression = items.get("compression")
+    if compression not in (None, "gzip", "lzf"):
+        raise ParameterError(
+            f"{compression!r} is not None, 'gzip' or 'lzf'", parameter="options.emd.compression"
+        )
+    checked["compression"] = compression
+    level = items.get("compression_opts")
+    if compression == "gzip":
+        level = _GZIP_DEFAULT_LEVEL if level is None else level
+        if not (_is_int(level) and 0 <= level <= 9):
+            raise ParameterError(
+                f"{level!r} is not a gzip level 0-9", parameter="options.emd.compression_opts"
+            )
+        checked["compression_opts"] = int(level)
+    elif level is not None:
+        raise ParameterError(
+            f"{level!r}: compression_opts sets the gzip level, and compression is {compression!r}",
+            parameter="options.emd.compression_opts",
+        )
+    shuffle = items.get("shuffle", False)
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise ParameterError(f"{shuffle!r} is not true or false", parameter="options.emd.shuffle")
+    if shuffle and compression is None:
+        # The shuffle filter only helps a compressor; alone it just reorders the bytes.
+        raise ParameterError(
+            "shuffle only applies with a compression ('gzip' or 'lzf')",
+            parameter="options.emd.shuffle",
+        )
+    checked["shuffle"] = bool(shuffle)
+    return checked
+
+
+# ------------------------------------------------------------------------------------------
+# Sources and outputs
+# ------------------------------------------------------------------------------------------
+
+
+def run_source(path: str | os.PathLike[str]) -> Path:
+    """Return the first file of the run that ``path`` belongs to.
+
+    Parameters
+    ----------
+    path
+        A ``.mib`` file (of a run in one file or split over several), or any part of a TVIPS
+        series (``NAME_NNN.tvips``, or ``NAME.tvips`` for ``NAME_000.tvips``).
+
+    Returns
+    -------
+    pathlib.Path
+        The ``.mib`` file that starts the run, or the ``_000`` part of the series.
+
+    Raises
+    ------
+    ParameterError
+        When ``path`` does not exist.
+    FormatError
+        When ``path`` is not a file of a Merlin run or a TVIPS series.
+    """
+    from stemcast.readers.mib import MibRun
+    from stemcast.readers.tvips import part_path
+
+    given = Path(path)
+    if not given.exists():
+        raise ParameterError("no such file", path=given, parameter="source")
+    if not given.is_file():
+        raise FormatError("not a file", path=given)
+    suffix = given.suffix.lower()
+    if suffix == ".mib":
+        return Path(MibRun.open(given).path)
+    if suffix == ".tvips":
+        match = _TVIPS_PART.match(given.stem)
+        base = given.with_name(match["base"] if match else given.stem)
+        first = part_path(base, given.suffix, 0)
+        if not first.is_file():
+            raise FormatError(f"the first part of the series, {first.name}, is missing", path=given)
+        return first
+    raise FormatError("not a Merlin .mib file or a part of a TVIPS .tvips series", path=given)
+
+
+def _run_name(source: Path) -> str:
+    if source.suffix.lower() == ".tvips":
+        match = _TVIPS_PART.match(source.stem)
+        return match["base"] if match else source.stem
+    return source.stem
+
+
+def output_paths(
+    source: str | os.PathLike[str],
+    targets: Sequence[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    relative_to: str | os.PathLike[str] | None = None,
+) -> dict[str, Path]:
+    """Where the outputs of a run go: ``output_dir / [sub folder /] <run name><suffix>``.
+
+    Parameters
+    ----------
+    source
+        The run's first file (see :func:`run_source`).
+    targets
+        Requested targets.
+    output_dir
+        The output root.
+    relative_to
+        When ``source`` lies under this folder, its folder relative to it is recreated
+        under ``output_dir`` (e.g. the watched folder of the service).
+
+    Returns
+    -------
+    dict
+        Absolute output path of each target. The run name is the ``.mib`` file's stem, or
+        the series name (stem without ``_000``) for TVIPS.
+    """
+    first = Path(os.path.abspath(source))
+    folder = Path(os.path.abspath(output_dir))
+    if relative_to is not None:
+        with contextlib.suppress(ValueError):
+            folder = folder / first.parent.relative_to(os.path.abspath(relative_to))
+    name = _run_name(first)
+    return {target: folder / f"{name}{TARGETS[target]}" for target in parse_targets(targets)}
+
+
+# ------------------------------------------------------------------------------------------
+# The plan: which frames go where, with which axes and metadata
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a conversion writes: navigation shape, frame order, axes and metadata."""
+
+    source: Source
+    name: str
+    #: Navigation shape in HyperSpy order, ``(x, y)``, ``(n,)`` or ``()``.
+    navigation: tuple[int, ...]
+    #: Source frame of each output position (raster order), non-decreasing; ``None`` when
+    #: the positions are the frames ``0..count-1``.
+    positions: npt.NDArray[np.int64] | None
+    scan: ScanShape
+    signal: dict[str, Any]
+
+    @property
+    def count(self) -> int:
+        """Frames written."""
+        return math.prod(self.navigation)
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of a frame."""
+        return self.source.frame_shape
+
+
+def _open(first: Path) -> Source:
+    try:
+        return open_source(first)
+    except NotReady:
+        raise TruncatedError(
+            "the run does not hold its first frame header yet", path=first
+        ) from None
+
+
+def _plan(first: Path, navigation_shape: Sequence[int] | None) -> _Plan:
+    source = _open(first)
+    available = source.frames
+    if available == 0:
+        raise TruncatedError("the run holds no complete frame", path=first)
+    if navigation_shape is not None:
+        shape = _user_shape(navigation_shape)
+        scan = ScanShape(shape, Evidence.USER, f"navigation shape {shape} given")
+        grid = None
+    elif isinstance(source, MibSource):
+        scan, grid = _mib_scan(source), None
+    else:
+        assert isinstance(source, TvipsSource)
+        scan, grid = _tvips_scan(source)
+    if grid is not None:
+        navigation = scan.shape
+        positions: npt.NDArray[np.int64] | None = grid.reshape(-1)
+    else:
+        navigation = complete_lines(scan.shape, available)
+        positions = None
+        if len(navigation) > 1 and navigation[-1] == 0:
+            _logger.warning(
+                "%s: %d frames do not fill one line of the scan %s: writing a stack",
+                first,
+                available,
+                scan.shape,
+            )
+            navigation = (available,)
+        elif navigation != scan.shape:
+            _logger.warning(
+                "%s: the scan %s ended after %d frames; keeping %s",
+                first,
+                scan.shape,
+                available,
+                navigation,
+            )
+    if isinstance(source, MibSource):
+        navigation = tuple(size for size in navigation if size != 1)
+        signal = _mib_signal(source, navigation, scan)
+    else:
+        assert isinstance(source, TvipsSource)
+        signal = _tvips_signal(source, navigation, scan)
+    return _Plan(source, _run_name(first), navigation, positions, scan, signal)
+
+
+def _user_shape(navigation_shape: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(navigation_shape, (str, bytes)) or not isinstance(navigation_shape, Sequence):
+        raise ParameterError(
+            f"{navigation_shape!r} is not a sequence of int", parameter="navigation_shape"
+        )
+    if not navigation_shape or not all(_is_int(size) and size >= 1 for size in navigation_shape):
+        raise ParameterError(
+            f"{tuple(navigation_shape)} is not a shape of positive sizes",
+            parameter="navigation_shape",
+        )
+    return tuple(int(size) for size in navigation_shape)
+
+
+def _mib_scan(source: MibSource) -> ScanShape:
+    from stemcast.readers.mib import MIBProperties, scan_shape_of
+
+    prop = MIBProperties.from_path(source.path)
+    return scan_shape_of(prop, source.hdr or None, None)
+
+
+def _tvips_scan(source: TvipsSource) -> tuple[ScanShape, npt.NDArray[np.int64] | None]:
+    from stemcast.readers.tvips._api import _auto_scan
+
+    found = _auto_scan(source.series)
+    return found.scan, found.frames
+
+
+def _shape_stub(shape: tuple[int, ...]) -> npt.NDArray[np.int64]:
+    """Return an array of ``shape`` that takes no memory, for the readers' axis builders."""
+    return np.broadcast_to(np.int64(0), shape)
+
+
+def _mib_signal(source: MibSource, navigation: tuple[int, ...], scan: ScanShape) -> dict[str, Any]:
+    """Axes and metadata as :func:`stemcast.readers.mib.file_reader` gives them."""
+    from stemcast.readers.mib import MIBProperties
+    from stemcast.readers.mib._api import _signal_dict
+
+    prop = MIBProperties.from_path(source.path)
+    stub = _shape_stub((*reversed(navigation), *source.frame_shape))
+    signal = _signal_dict(stub, prop, source.hdr or None, scan, Path(source.path).name)
+    del signal["data"]
+    return signal
+
+
+def _tvips_signal(
+    source: TvipsSource, navigation: tuple[int, ...], scan: ScanShape
+) -> dict[str, Any]:
+    """Axes and metadata as :func:`stemcast.readers.tvips.file_reader` gives them."""
+    from stemcast.readers.tvips._api import _axes, _metadata
+    from stemcast.readers.tvips._header import frame_header_from_record
+
+    series = source.series
+    first = frame_header_from_record(series.headers(0, 1)[0])
+    stack = scan.evidence is Evidence.NONE or len(navigation) < 2
+    stub = _shape_stub(tuple(reversed(navigation)))
+    return {
+        "axes": _axes(series, stub, stack, first),
+        "metadata": _metadata(series, first),
+        "original_metadata": {},
+    }
+
+
+def _record_size(source: Source) -> int:
+    if isinstance(source, MibSource):
+        return source.run.layout.record_size
+    assert isinstance(source, TvipsSource)
+    return source.series.layout.record_size
+
+
+def _check_targets(plan: _Plan, targets: Sequence[str], options: Mapping[str, Any]) -> None:
+    """Refuse what a target cannot hold, before anything is written."""
+    rows, cols = plan.frame_shape
+    where = plan.source.path
+    if "blockfile" in targets:
+        if rows != cols:
+            raise ParameterError(
+                f"a blockfile needs square frames; these are {rows} x {cols}",
+                parameter="targets",
+                path=where,
+            )
+        if cols > _BLOCKFILE_MAX:
+            raise ParameterError(
+                f"frames of {cols} pixels: a blockfile holds at most {_BLOCKFILE_MAX}",
+                parameter="targets",
+                path=where,
+            )
+        if len(plan.navigation) > 2 or any(size > _BLOCKFILE_MAX for size in plan.navigation):
+            raise ParameterError(
+                f"navigation shape {plan.navigation}: a blockfile holds at most 2 navigation "
+                f"axes of at most {_BLOCKFILE_MAX} positions",
+                parameter="navigation_shape",
+                path=where,
+            )
+    chunks = options.get("emd", {}).get("chunks")
+    ndim = len(plan.navigation) + 2
+    if "emd" in targets and chunks is not None and len(chunks) != ndim:
+        raise ParameterError(
+            f"{chunks} has {len(chunks)} axes; the data has {ndim} "
+            f"(navigation {tuple(reversed(plan.navigation))}, frame {plan.frame_shape})",
+            parameter="options.emd.chunks",
+            path=where,
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------
+
+
+def _batch_frames(plan: _Plan) -> int:
+    rows, cols = plan.frame_shape
+    return max(1, _BATCH_BYTES // max(rows * cols * plan.source.dtype.itemsize, 1))
+
+
+def _read_span(plan: _Plan) -> tuple[int, int]:
+    """Return the span of source frames to read, ``(start, stop)``."""
+    if plan.positions is None:
+        return 0, plan.count
+    return int(plan.positions[0]), int(plan.positions[-1]) + 1
+
+
+def _source_batches(source: Source, start: int, stop: int, step: int) -> Iterator[FrameBatch]:
+    for first in range(start, stop, step):
+        try:
+            batch = source.read(first, min(first + step, stop))
+        except OSError as error:
+            raise StemcastError(
+                f"cannot read the run: {_os_reason(error)}", path=source.path
+            ) from error
+        yield batch
+
+
+def _frames(plan: _Plan, step: int) -> Iterator[npt.NDArray[Any]]:
+    """Frames of the output positions in raster order, in batches read once each."""
+    from stemcast.writers.blockfile import _prefetched
+
+    start, stop = _read_span(plan)
+    batches = cast(
+        Generator[FrameBatch, None, None],
+        _prefetched(_source_batches(plan.source, start, stop, step)),
+    )
+    with contextlib.closing(batches):
+        if plan.positions is None:
+            for batch in batches:
+                yield batch.frames
+            return
+        done = 0
+        for batch in batches:
+            end = int(np.searchsorted(plan.positions, batch.stop, side="left"))
+            if end > done:
+                yield batch.frames[plan.positions[done:end] - batch.start]
+            done = end
+
+
+def _data_range(
+    plan: _Plan, step: int, cancelled: Callable[[], bool]
+) -> tuple[tuple[float, float], int]:
+    """Minimum and maximum of the frames to write (the first pass of ``"minmax"``)."""
+    from stemcast.writers.blockfile import _run_range
+
+    start, stop = _read_span(plan)
+    if isinstance(plan.source, MibSource) and plan.positions is None:
+        if cancelled():
+            raise Cancelled(f"conversion of {plan.source.path} cancelled")
+        return _run_range(plan.source.run, plan.count, step), plan.count
+    low, high = np.inf, -np.inf
+    for frames in _frames(plan, step):
+        if cancelled():
+            raise Cancelled(f"conversion of {plan.source.path} cancelled")
+        low, high = min(low, frames.min()), max(high, frames.max())
+    return (float(low), float(high)), stop - start
+
+
+# ------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an OS error while writing ``path`` into an :class:`OutputError` naming it."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as error:
+        raise OutputError(_os_reason(error), path=path) from error
+
+
+def _os_reason(error: OSError) -> str:
+    if error.errno is not None and error.strerror:
+        return f"[Errno {error.errno}] {error.strerror}"
+    return str(error)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # running, as another user
+    return True
+
+
+def _prepare_folder(path: Path) -> None:
+    """Create the output's folder; remove temporary files of it left by dead processes."""
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for entry in os.scandir(path.parent):
+            match = _PARTIAL.match(entry.name)
+            if match and match["name"] == path.name and not _pid_alive(int(match["pid"])):
+                _logger.info("removing %s, left by a process that ended", entry.path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
+class _Output:
+    """One target being written: a writer, its path, and how to feed, commit or drop it."""
+
+    def __init__(self, target: str, path: Path, plan: _Plan, options: Mapping[str, Any]) -> None:
+        self.target = target
+        self.path = path
+        self.committed = False
+        #: Free space an HDF5 file needs to close cleanly; 0 for outputs that fail safely.
+        self.reserve = 0
+        self._plan = plan
+        with _writing(path):
+            if target == "blockfile":
+                self._writer: Any = self._blockfile(options)
+            else:
+                self._writer = self._emd(options)
+
+    def _blockfile(self, options: Mapping[str, Any]) -> Any:
+        from stemcast.writers.blockfile import BlockfileWriter
+
+        plan = self._plan
+        scaling = options.get("intensity_scaling", _AUTO_SCALING)
+        if scaling is None and plan.source.dtype != np.uint8:
+            _logger.warning(
+                "%s: %s frames are cast to uint8 without scaling, so counts above 255 wrap "
+                "around; the blockfile option intensity_scaling avoids it",
+                self.path,
+                plan.source.dtype,
+            )
+        return BlockfileWriter(
+            self.path,
+            plan.navigation,
+            plan.frame_shape[1],
+            intensity_scaling=tuple(scaling) if isinstance(scaling, list) else scaling,
+            header=_blockfile_header(plan),
+            endianess=options.get("endianess", "<"),
+        )
+
+    def _emd(self, options: Mapping[str, Any]) -> Any:
+        from stemcast.writers.emd import EmdWriter
+
+        plan = self._plan
+        self.reserve = _EMD_RESERVE_BYTES + _EMD_RESERVE_PER_FRAME * plan.count
+        _check_space([self], None)
+        return EmdWriter(
+            self.path,
+            plan.frame_shape,
+            plan.source.dtype,
+            scan_shape=plan.navigation,
+            axes=plan.signal["axes"],
+            title=plan.name,
+            metadata=plan.signal["metadata"],
+            chunks=options.get("chunks"),
+            compression=options.get("compression"),
+            compression_opts=options.get("compression_opts"),
+            shuffle=options.get("shuffle", False),
+        )
+
+    def batch_bytes(self, frames: npt.NDArray[Any]) -> int:
+        """Bytes that writing ``frames`` adds to the output (at most)."""
+        if self.target == "blockfile":
+            return len(frames) * (int(frames[0].size) + _BLOCKFILE_RECORD_HEADER)
+        return int(frames.nbytes)
+
+    def write(self, frames: npt.NDArray[Any]) -> None:
+        """Append frames in raster order."""
+        with _writing(self.path):
+            if self.target == "blockfile":
+                self._writer.write(frames)
+            else:
+                self._writer.append(frames)
+
+    def commit(self) -> None:
+        """Finish the file and rename it into place."""
+        with _writing(self.path):
+            self._writer.close()
+        self.committed = True
+
+    def drop(self) -> None:
+        """Remove the output: the temporary file, or the final file if already renamed."""
+        if self.committed:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            return
+        if self.target == "blockfile":
+            self._writer.discard()
+        else:
+            self._writer.abort()
+
+
+def _write_batch(
+    outputs: Sequence[_Output], frames: npt.NDArray[Any], pool: Executor | None
+) -> None:
+    """Give the batch to every output, at once in ``pool`` (numpy and file I/O release the GIL).
+
+    Without a pool (the first batch, which sets the writers up) the outputs are written here,
+    one after the other, with the writers' advice on casting to uint8 silenced: the
+    conversion logs it once instead (see :meth:`_Output._blockfile`).
+    """
+    _check_space(outputs, frames)
+    if pool is None:
+        # The warning filters are global: conversions in other threads take turns.
+        with _QUIET, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*data does not have uint8 dtype", UserWarning)
+            for output in outputs:
+                output.write(frames)
+        return
+    pending = [pool.submit(output.write, frames) for output in outputs]
+    wait(pending)
+    for future in pending:
+        future.result()
+
+
+def _check_space(outputs: Sequence[_Output], frames: npt.NDArray[Any] | None) -> None:
+    """Refuse a batch that would leave an HDF5 output less than its reserve of free space.
+
+    The outputs in one file system share its free space: all their bytes of the batch
+    (``None``: no batch, the reserve alone) count. Raises :class:`OutputError` (``ENOSPC``)
+    naming the HDF5 output.
+    """
+    for output in outputs:
+        if not output.reserve:
+            continue
+        with _writing(output.path):
+            device = os.stat(output.path.parent).st_dev
+            needed = output.reserve
+            if frames is not None:
+                needed += sum(
+                    other.batch_bytes(frames)
+                    for other in outputs
+                    if os.stat(other.path.parent).st_dev == device
+                )
+            stats = os.statvfs(output.path.parent)
+            if stats.f_bavail * stats.f_frsize < needed:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _blockfile_header(plan: _Plan) -> dict[str, Any]:
+    """Header fields from the run's metadata and axes, as the blockfile writer takes them."""
+    from stemcast.writers.blockfile import _signal_header
+
+    axes = sorted(plan.signal["axes"], key=lambda axis: axis.get("index_in_array", 0))
+    split = len(axes) - 2
+    with warnings.catch_warnings():
+        # Camera calibrations (1/nm, s) have no blockfile unit: the header keeps their
+        # numbers, as the reference writer does, without a warning per conversion.
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return _signal_header(plan.signal, axes[:split], axes[split:])
+        except ParameterError as error:
+            _logger.warning(
+                "%s: %s; the blockfile gets the default calibration", plan.source.path, error
+            )
+            return _signal_header({"metadata": plan.signal["metadata"]}, [], [{}])
+
+
+# ------------------------------------------------------------------------------------------
+# Conversion
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Converted:
+    """What a conversion wrote.
+
+    Attributes
+    ----------
+    outputs
+        Absolute path of the output of each target.
+    frames
+        Frames written (complete lines only).
+    navigation_shape
+        Navigation shape written, HyperSpy order: ``(x, y)``, ``(n,)`` for a stack, ``()``
+        for a single frame.
+    bytes_read
+        Bytes read from the source (both passes for ``"minmax"`` scaling).
+    bytes_written
+        Total size of the outputs.
+    """
+
+    outputs: dict[str, str]
+    frames: int
+    navigation_shape: tuple[int, ...]
+    bytes_read: int
+    bytes_written: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the result as a JSON-serialisable dictionary."""
+        return {
+            "outputs": dict(self.outputs),
+            "frames": self.frames,
+            "navigation_shape": list(self.navigation_shape),
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+        }
+
+
+def _never() -> bool:
+    return False
+
+
+def convert_run(
+    source: str | os.PathLike[str],
+    targets: Sequence[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    options: Mapping[str, Any] | None = None,
+    navigation_shape: Sequence[int] | None = None,
+    relative_to: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Converted:
+    """Convert one run to the targets, reading it once with bounded memory.
+
+    Parameters
+    ----------
+    source
+        Any file of the run (see :func:`run_source`); it is opened read-only.
+    targets
+        Target names (see :data:`TARGETS`).
+    output_dir
+        The output root; missing folders are created.
+    options
+        Options of the targets (see :func:`check_options`).
+    navigation_shape
+        ``(x, y)`` scan shape to use (complete lines of it are kept); ``None`` infers it as
+        the offline readers do (see the module documentation).
+    relative_to
+        See :func:`output_paths`.
+    progress
+        Called with ``(frames_done, frames_total)`` before the first batch and after each.
+    cancelled
+        Asked between batches; when it returns ``True`` the outputs are dropped and
+        :class:`Cancelled` is raised.
+
+    Returns
+    -------
+    Converted
+        The outputs and what was written.
+
+    Raises
+    ------
+    ParameterError
+        Bad targets, options or navigation shape, or a shape a target cannot hold (nothing
+        is written).
+    FormatError, TruncatedError
+        The source is not a readable run.
+    OutputError
+        An output could not be written (unwritable folder, no space left, ...); no output of
+        the call is left.
+    Cancelled
+        ``cancelled()`` returned ``True``; no output is left.
+    """
+    chosen = parse_targets(targets)
+    checked = check_options(chosen, options)
+    is_cancelled = cancelled or _never
+    first = run_source(source)
+    plan = _plan(first, navigation_shape)
+    _check_targets(plan, chosen, checked)
+    paths = output_paths(first, chosen, output_dir, relative_to=relative_to)
+    _logger.info(
+        "converting %s (%s, scan %s from %s: %s) to %s",
+        first,
+        "x".join(map(str, plan.frame_shape)),
+        plan.navigation,
+        plan.scan.evidence.value,
+        plan.scan.detail,
+        ", ".join(map(str, paths.values())),
+    )
+    for path in paths.values():
+        _prepare_folder(path)
+    step = _batch_frames(plan)
+    record = _record_size(plan.source)
+    frames_read = 0
+    if "blockfile" in checked:
+        checked = {**checked, "blockfile": _resolve_scaling(checked["blockfile"], plan)}
+    if checked.get("blockfile", {}).get("intensity_scaling") == "minmax":
+        data_range, frames_read = _data_range(plan, step, is_cancelled)
+        checked = {
+            **checked,
+            "blockfile": {**checked["blockfile"], "intensity_scaling": list(data_range)},
+        }
+    start, stop = _read_span(plan)
+    outputs: list[_Output] = []
+    try:
+        for target, path in paths.items():
+            outputs.append(_Output(target, path, plan, checked[target]))
+        done = 0
+        if progress is not None:
+            progress(0, plan.count)
+        with ThreadPoolExecutor(max_workers=len(outputs)) as pool:
+            for frames in _frames(plan, step):
+                if is_cancelled():
+                    raise Cancelled(f"conversion of {first} cancelled")
+                _write_batch(outputs, frames, pool if done else None)
+                done += len(frames)
+                if progress is not None:
+                    progress(done, plan.count)
+        if is_cancelled():
+            raise Cancelled(f"conversion of {first} cancelled")
+        for output in outputs:
+            output.commit()
+    except BaseException:
+        for output in outputs:
+            with contextlib.suppress(Exception):
+                output.drop()
+        raise
+    frames_read += stop - start
+    return Converted(
+        outputs={output.target: os.fspath(output.path) for output in outputs},
+        frames=plan.count,
+        navigation_shape=plan.navigation,
+        bytes_read=frames_read * record,
+        bytes_written=sum(output.path.stat().st_size for output in outputs),
+    )
+
+
+def convert_on_worker(
+    job_id: str,
+    source: str,
+    targets: list[str],
+    output_dir: str,
+    *,
+    options: dict[str, Any] | None = None,
+    navigation_shape: list[int] | None = None,
+    relative_to: str | None = None,
+) -> dict[str, Any]:
+    """Run :func:`convert_run` as a dask.distributed task.
+
+    Cancellation is the ``distributed.Event`` named ``stemcast-cancel-<job_id>`` (looked at
+    every 0.5 s at most); progress goes to the ``distributed.Variable`` named
+    ``stemcast-progress-<job_id>`` as ``{"frames_done": d, "frames_total": t}`` (at most
+    every 0.5 s, and when the last batch is written).
+
+    Parameters
+    ----------
+    job_id
+        Identifier of the job, unique on the cluster.
+    source, targets, output_dir, options, navigation_shape, relative_to
+        As :func:`convert_run`.
+
+    Returns
+    -------
+    dict
+        :meth:`Converted.as_dict` of the result.
+
+    Raises
+    ------
+    Cancelled
+        When the event was set.
+    """
+    from distributed import Event, Variable
+
+    event = Event(f"stemcast-cancel-{job_id}")  # type: ignore[no-untyped-call]
+    variable = Variable(f"stemcast-progress-{job_id}")  # type: ignore[no-untyped-call]
+    looked = reported = -math.inf
+    stop = False
+
+    def cancelled() -> bool:
+        nonlocal looked, stop
+        now = time.monotonic()
+        if not stop and now - looked >= _WORKER_POLL_S:
+            looked = now
+            stop = bool(event.is_set())  # type: ignore[no-untyped-call]
+        return stop
+
+    def progress(done: int, total: int) -> None:
+        nonlocal reported
+        now = time.monotonic()
+        if done >= total or now - reported >= _WORKER_POLL_S:
+            reported = now
+            variable.set({"frames_done": done, "frames_total": total})  # type: ignore[no-untyped-call]
+
+    result = convert_run(
+        source,
+        targets,
+        output_dir,
+        options=options,
+        navigation_shape=navigation_shape,
+        relative_to=relative_to,
+        progress=progress,
+        cancelled=cancelled,
+    )
+    return result.as_dict()
