@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +21,10 @@ import numpy as np
 
 from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber
 
-_READY = re.compile(r"data (?P<data>tcp://\S+), preview (?P<preview>tcp://\S+)")
+_READY = re.compile(
+    r"data (?P<data>tcp://[^\s,]+), preview (?P<preview>tcp://[^\s,]+)"
+    r"(?:, http (?P<http>http://\S+))?"
+)
 
 
 @dataclass
@@ -26,6 +33,8 @@ class Daemon:
     data: str
     preview: str
     log: Path
+    #: ``http://127.0.0.1:PORT`` of the control API, ``None`` when started with ``--http off``.
+    http: str | None = None
 
     def stop(self, timeout: float = 15.0) -> int:
         if self.process.poll() is None:
@@ -55,11 +64,20 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
 
 def start_daemon(directory: Path, log: Path, *flags: str) -> Daemon:
-    """Start ``stemcast serve`` on free ports (port 0) and wait until it watches."""
+    """Start ``stemcast serve`` on free ports (port 0) and wait until it watches.
+
+    Unless ``flags`` say otherwise, the HTTP API listens on a free loopback port and the
+    registry is ``registry.sqlite3`` next to ``log``.
+    """
+    defaults = []
+    if "--http" not in flags:
+        defaults += ["--http", "127.0.0.1:0"]
+    if "--registry" not in flags:
+        defaults += ["--registry", str(log.parent / "registry.sqlite3")]
     command = [
         sys.executable, "-m", "stemcast.cli", "serve", "--watch", str(directory),
         "--data-endpoint", "tcp://127.0.0.1:0", "--preview-endpoint", "tcp://127.0.0.1:0",
-        *flags,
+        *defaults, *flags,
     ]  # fmt: skip
     stream = log.open("w")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stream, text=True)
@@ -70,7 +88,7 @@ def start_daemon(directory: Path, log: Path, *flags: str) -> Daemon:
         process.kill()
         process.wait()
         raise AssertionError(f"the daemon did not start: {line!r}\n{log.read_text()}")
-    return Daemon(process, match["data"], match["preview"], log)
+    return Daemon(process, match["data"], match["preview"], log, match["http"])
 
 
 @dataclass
@@ -107,3 +125,84 @@ def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def wait_until(
+    read: Callable[[], Any], done: Callable[[Any], bool], timeout_s: float = 20.0
+) -> Any:
+    """Call ``read`` until ``done`` holds for its value; return that value."""
+    deadline = time.monotonic() + timeout_s
+    value = read()
+    while not done(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in time; last value: {value!r}")
+        time.sleep(0.05)
+        value = read()
+    return value
+
+
+# Loopback calls never go through a proxy, whatever the environment says.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def call(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Make a real HTTP request; return the status and the decoded JSON body."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with _HTTP.open(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+class Drain:
+    """Consume a daemon's data channel in a thread, keeping the series headers.
+
+    The data channel is lossless: without a consumer a run waits, so tests that only look
+    at conversions and the HTTP API keep one of these connected.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.starts: list[dict[str, Any]] = []
+        self.ends: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(endpoint,), daemon=True)
+        self._thread.start()
+
+    def _run(self, endpoint: str) -> None:
+        with Subscriber(endpoint, timeout_s=0.1) as subscriber:
+            while not self._stop.is_set():
+                try:
+                    event = subscriber.receive()
+                except TimeoutError:
+                    continue
+                if isinstance(event, SeriesStart):
+                    self.starts.append(event.header)
+                elif isinstance(event, SeriesEnd):
+                    self.ends.append(event.header)
+
+    def end_of(self, name: str, timeout_s: float = 20.0) -> dict[str, Any]:
+        """Wait for the series whose first file is called ``name`` to end; its header."""
+
+        def find() -> dict[str, Any] | None:
+            return next((end for end in self.ends if Path(end["sources"][0]).name == name), None)
+
+        found: dict[str, Any] = wait_until(find, lambda end: end is not None, timeout_s)
+        return found
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)

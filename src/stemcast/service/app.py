@@ -1,22 +1,39 @@
-"""The daemon: discovery, one follower per run, the publisher, and a clean stop on SIGTERM."""
+"""The daemon: discovery, one follower per run, the publisher, conversions, the HTTP API.
+
+At start-up the service opens its registry, marks the runs a killed predecessor was following
+as abandoned, leaves alone every file of a run that has already ended (a restart never
+re-publishes a run), and takes up the conversion jobs left unfinished. SIGTERM stops the
+HTTP API, stops the conversions (a running one is cancelled and stays queued for the next
+start), lets each run finish its batch, and closes the registry.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from stemcast.errors import StemcastError
-from stemcast.service.config import ServiceSettings
+from stemcast.service.config import ServiceSettings, http_bind_address
 from stemcast.service.discovery import watch
+from stemcast.service.jobs import JobManager
+from stemcast.service.metrics import Metrics
+from stemcast.service.protocol import Status
 from stemcast.service.publish import Publisher
+from stemcast.service.registry import Registry
 from stemcast.service.run import RunFollower
 from stemcast.service.tail import MibSource, NotReady, open_source, stem_of
 
-__all__ = ["Service", "serve"]
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = ["Service", "serve", "start_http"]
 
 _logger = logging.getLogger(__name__)
 
@@ -30,15 +47,37 @@ class Service:
         The service settings.
     publisher
         The bound sockets.
+    registry
+        Where runs and jobs are recorded.
+    jobs
+        The conversion jobs.
+    token
+        The bearer token of the HTTP API's mutating calls; ``None`` turns them off.
+    metrics
+        The service's Prometheus metrics (served at ``/metrics``).
     """
 
-    def __init__(self, settings: ServiceSettings, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        publisher: Publisher,
+        registry: Registry,
+        jobs: JobManager,
+        token: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.publisher = publisher
+        self.registry = registry
+        self.jobs = jobs
+        self.token = token
+        #: ``http://HOST:PORT`` of the HTTP API once it listens.
+        self.http_address: str | None = None
         self.stopping = asyncio.Event()
         self.followers: dict[str, RunFollower] = {}
         self.tasks: set[asyncio.Task[object]] = set()
-        self.seen: set[str] = set()
+        self.seen: set[str] = set(registry.finished_paths())
         self.pending: set[str] = set()
 
     def stop(self) -> None:
@@ -98,7 +137,17 @@ class Service:
         for run in self.followers.values():
             if os.path.dirname(run.path) == directory:
                 run.supersede()
-        follower = RunFollower(source, self.publisher, self.settings, self.stopping)
+        root = self.watch_root(path)
+        follower = RunFollower(
+            source,
+            self.publisher,
+            self.settings,
+            self.stopping,
+            registry=self.registry,
+            watch_root=None if root is None else str(root),
+            ended=self._convert_ended,
+            metrics=self.metrics,
+        )
         self.followers[path] = follower
         task: asyncio.Task[object] = asyncio.create_task(follower.run(), name=path)
         self.tasks.add(task)
@@ -110,6 +159,55 @@ class Service:
             isinstance(run.source, MibSource) and stem_of(run.path) == stem_of(path)
             for run in self.followers.values()
         )
+
+    def watch_root(self, path: str | os.PathLike[str]) -> Path | None:
+        """Return the watched folder that holds the file ``path``, if one does."""
+        folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+        return next(
+            (root for root in self.settings.watch if os.path.realpath(root) == folder), None
+        )
+
+    def roots(self) -> list[str]:
+        """Return the folders whose runs may be converted on request (resolved)."""
+        folders = [*self.settings.watch, *self.settings.input_roots]
+        return list(dict.fromkeys(os.path.realpath(folder) for folder in folders))
+
+    def following(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is a file of a run the service is following now."""
+        real = os.path.realpath(path)
+        return any(
+            real in {os.path.realpath(name) for name in (run.path, *run.source.files)}
+            for run in self.followers.values()
+        )
+
+    async def _convert_ended(self, follower: RunFollower) -> None:
+        """Request the automatic conversion of a run that has ended, if one applies.
+
+        Runs that failed, have no frame, or were cut short by the service stopping (their
+        camera may still be writing) are not converted.
+        """
+        if follower.status not in (Status.COMPLETE, Status.INTERRUPTED) or not follower.published:
+            return
+        if follower.status is Status.INTERRUPTED and self.stopping.is_set():
+            return
+        source = follower.source
+        targets, options = self.settings.conversion_for(
+            source.detector, os.path.dirname(follower.path)
+        )
+        if not targets:
+            return
+        filled = follower.filled
+        try:
+            await self.jobs.request(
+                follower.path,
+                targets,
+                options,
+                run_id=follower.state.series,
+                navigation_shape=filled if filled is not None and len(filled) == 2 else None,
+                relative_to=follower.watch_root,
+            )
+        except (StemcastError, OSError) as error:
+            _logger.error("run %s: no conversion: %s", follower.state.series, error)
 
     def _finished(self, path: str, task: asyncio.Task[object]) -> None:
         self.tasks.discard(task)
@@ -153,29 +251,100 @@ async def serve(settings: ServiceSettings, ready: Callable[[Service], None] | No
     Parameters
     ----------
     settings
-        The settings (watched directories, endpoints, intervals).
+        The settings (watched directories, endpoints, intervals, conversions, HTTP API).
     ready
         Called with the service once discovery is running: its ``publisher`` has the bound
-        addresses, its ``stop()`` ends it as SIGTERM does.
+        addresses, its ``http_address`` the API's, its ``stop()`` ends it as SIGTERM does.
     """
     if not settings.watch:
         raise StemcastError("no directory to watch: give --watch DIR or set 'watch'")
-    publisher = Publisher(
-        settings.data_endpoint,
-        settings.preview_endpoint,
-        data_hwm=settings.data_hwm,
-        preview_hwm=settings.preview_hwm,
-        preview_max_fps=settings.preview_max_fps,
-    )
-    service = Service(settings, publisher)
-    loop = asyncio.get_running_loop()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(number, service.stop)
+    token = settings.api_token()
+    registry = Registry(settings.registry_path())
     try:
-        await service.discover(lambda: ready(service) if ready else None)
-        await service.drain()
+        for run in registry.abandon_following("the service stopped while following the run"):
+            _logger.warning("run %s abandoned: %s", run["id"], run["path"])
+        await _serve(settings, registry, token, ready)
     finally:
-        for number in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(number)
-        publisher.close(linger_s=settings.shutdown_timeout_s)
+        registry.close()
     _logger.info("stopped")
+
+
+async def _serve(
+    settings: ServiceSettings,
+    registry: Registry,
+    token: str | None,
+    ready: Callable[[Service], None] | None,
+) -> None:
+    metrics = Metrics()
+    metrics.bind_runs(registry.count_runs)
+    metrics.bind_conversion_jobs(registry.count_jobs)
+    metrics.bind_registry_queue_depth(lambda: registry.count_jobs()["queued"])
+    if settings.output is not None:
+        metrics.bind_output_root(settings.output)
+    async with contextlib.AsyncExitStack() as stack:
+        jobs = JobManager(settings, registry, metrics)
+        await jobs.start()
+        stack.push_async_callback(jobs.stop)
+        publisher = Publisher(
+            settings.data_endpoint,
+            settings.preview_endpoint,
+            data_hwm=settings.data_hwm,
+            preview_hwm=settings.preview_hwm,
+            preview_max_fps=settings.preview_max_fps,
+            metrics=metrics,
+        )
+        stack.callback(publisher.close, linger_s=settings.shutdown_timeout_s)
+        service = Service(settings, publisher, registry, jobs, token, metrics)
+        http = await start_http(service, settings.http) if settings.http is not None else None
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, service.stop)
+            stack.callback(loop.remove_signal_handler, number)
+        try:
+            await service.discover(lambda: ready(service) if ready else None)
+        finally:
+            # Stop taking requests first, then stop conversions and runs together.
+            if http is not None:
+                await http.cleanup()
+        await asyncio.gather(jobs.stop(), service.drain())
+
+
+async def start_http(service: Service, address: str) -> web.AppRunner:
+    """Serve the HTTP API of ``service`` on ``address``.
+
+    Parameters
+    ----------
+    service
+        The service the API controls.
+    address
+        ``HOST:PORT``; port 0 binds a free port, which ``service.http_address`` then names.
+
+    Returns
+    -------
+    aiohttp.web.AppRunner
+        The server; its ``cleanup()`` stops it.
+
+    Raises
+    ------
+    StemcastError
+        When the address cannot be bound.
+    """
+    from aiohttp import web
+
+    from stemcast.service.api import make_app
+
+    host, port = http_bind_address(address)
+    runner = web.AppRunner(make_app(service), shutdown_timeout=service.settings.shutdown_timeout_s)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise StemcastError(
+            f"cannot listen on {address}: {error.strerror or error}", parameter="http"
+        ) from None
+    bound: Any = runner.addresses[0]
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    service.http_address = f"http://{shown}:{bound[1]}"
+    _logger.info("HTTP API on %s", service.http_address)
+    return runner

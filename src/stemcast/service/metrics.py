@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,16 @@ class _Lag:
     bytes_behind: int
     frames_behind: int
     seconds_behind: float
+    #: ``time.monotonic()`` when the oldest unread data was first seen, if any: the wait
+    #: then keeps growing between reports (a tailer blocked on a slow consumer reports
+    #: nothing).
+    since: float | None = None
+
+    def seconds(self, now: float) -> float:
+        """Return the wait at ``now``."""
+        if self.since is None:
+            return self.seconds_behind
+        return max(self.seconds_behind, now - self.since)
 
 
 def _count(value: int, parameter: str) -> int:
@@ -168,7 +179,7 @@ class Metrics:
             "stemcast_build", "Versions of the running service.", registry=registry
         )
         self.build_info.info({"version": __version__, "python": platform.python_version()})
-        self._scraped = _ScrapeTimeMetrics()
+        self._scraped = _ScrapeTimeMetrics(tuple(detectors))
         registry.register(self._scraped)
         ProcessCollector(registry=registry)
         self._start_at_zero(tuple(detectors), tuple(formats), tuple(channels), tuple(job_endings))
@@ -288,6 +299,8 @@ class Metrics:
         bytes_behind: int,
         frames_behind: int,
         seconds_behind: float,
+        *,
+        since: float | None = None,
     ) -> None:
         """Record how far a run's tailer is behind the camera.
 
@@ -307,6 +320,9 @@ class Metrics:
             Complete frames written and not yet published.
         seconds_behind
             How long the oldest unread data has waited (0 when caught up).
+        since
+            ``time.monotonic()`` when the oldest unread data was first seen: the wait is then
+            measured when scraped, so it keeps growing while the tailer is blocked.
 
         Raises
         ------
@@ -318,6 +334,7 @@ class Metrics:
             _count(bytes_behind, "bytes_behind"),
             _count(frames_behind, "frames_behind"),
             seconds_behind,
+            since,
         )
         self._scraped.set_lag(run, lag)
 
@@ -442,7 +459,8 @@ class Metrics:
 class _ScrapeTimeMetrics(Collector):
     """Gauges whose values are read when Prometheus scrapes."""
 
-    def __init__(self) -> None:
+    def __init__(self, detectors: tuple[str, ...]) -> None:
+        self.detectors = detectors
         self.runs: Callable[[], Mapping[str, int]] | None = None
         self.conversion_jobs: Callable[[], Mapping[str, int]] | None = None
         self.registry_queue_depth: Callable[[], int] | None = None
@@ -483,15 +501,17 @@ class _ScrapeTimeMetrics(Collector):
         return iter((runs, jobs, lag_bytes, lag_frames, lag_seconds, depth, free))
 
     def _lag_by_detector(self) -> dict[str, tuple[int, int, float]]:
+        now = time.monotonic()
         with self._lock:
             lags = list(self._lags.values())
-        totals: dict[str, tuple[int, int, float]] = {}
+        # Known detectors are caught up (0) when none of their runs is followed.
+        totals: dict[str, tuple[int, int, float]] = dict.fromkeys(self.detectors, (0, 0, 0.0))
         for lag in lags:
             nbytes, frames, seconds = totals.get(lag.detector, (0, 0, 0.0))
             totals[lag.detector] = (
                 nbytes + lag.bytes_behind,
                 frames + lag.frames_behind,
-                max(seconds, lag.seconds_behind),
+                max(seconds, lag.seconds(now)),
             )
         return totals
 
@@ -520,7 +540,8 @@ class _ScrapeTimeMetrics(Collector):
                 labels=["detector"],
             ),
             GaugeMetricFamily(
-                "stemcast_registry_queue_depth", "Registry operations waiting to be carried out."
+                "stemcast_registry_queue_depth",
+                "Conversion jobs queued in the registry, waiting for a worker.",
             ),
             GaugeMetricFamily(
                 "stemcast_output_free_bytes", "Free space available to stemcast in the output root."

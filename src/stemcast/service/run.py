@@ -12,19 +12,26 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stemcast.batch import FrameBatch
 from stemcast.errors import StemcastError
 from stemcast.service.config import ServiceSettings
+from stemcast.service.metrics import Metrics
 from stemcast.service.navigation import NavigationTracker
 from stemcast.service.protocol import Status
 from stemcast.service.publish import Publisher, SeriesState
+from stemcast.service.registry import Registry
 from stemcast.service.tail import Source, series_fields
 
 __all__ = ["RunFollower"]
 
 _logger = logging.getLogger(__name__)
+
+#: Seconds between two writes of a run's frame count to the registry.
+_RECORD_INTERVAL_S = 1.0
 
 
 class RunFollower:
@@ -40,6 +47,17 @@ class RunFollower:
         Intervals, batch size, timeouts, user scan shape.
     stopping
         Set when the service stops: the follower ends after its current batch.
+    registry
+        Where the run is recorded: when it starts, its frame count about once a second,
+        how it ended.
+    watch_root
+        The watched folder the run was found in.
+    ended
+        Awaited with the follower once the run has ended and is recorded, before its
+        ``series_end`` is published (the service requests its conversion there).
+    metrics
+        Where to count the frames and bytes read, the read-and-decode time of each batch,
+        and how far the run's reading is behind the camera.
     """
 
     def __init__(
@@ -48,11 +66,27 @@ class RunFollower:
         publisher: Publisher,
         settings: ServiceSettings,
         stopping: asyncio.Event,
+        *,
+        registry: Registry | None = None,
+        watch_root: str | None = None,
+        ended: Callable[[RunFollower], Awaitable[None]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.source = source
+        self.metrics = metrics
+        #: ``(frames available, when first seen)`` for frames not yet published: the lag.
+        self._arrivals: deque[tuple[int, float]] = deque()
+        self._seen_frames = 0
         self.publisher = publisher
         self.settings = settings
         self.stopping = stopping
+        self.registry = registry
+        self.watch_root = watch_root
+        self.ended = ended
+        self.reason = ""
+        #: The scan shape the frames fill, once the run has ended.
+        self.filled: tuple[int, ...] | None = None
+        self._recorded_at = time.monotonic()
         self.wake = asyncio.Event()
         self.superseded = asyncio.Event()
         self.published = 0
@@ -104,6 +138,19 @@ class RunFollower:
             self.source.frames_expected or "an unknown number of",
             "x".join(map(str, self.source.frame_shape)),
         )
+        if self.registry is not None:
+            fields = self.state.fields
+            self.registry.add_run(
+                self.state.series,
+                path=self.path,
+                detector=fields["detector"],
+                sources=fields["sources"],
+                frame_shape=fields["shape"],
+                dtype=fields["dtype"],
+                frames_expected=fields["frames_expected"],
+                watch_root=self.watch_root,
+            )
+        self._report_lag()
         await self.publisher.series(self.state, self._nav_fields())
         try:
             status, reason = await self._follow()
@@ -161,13 +208,47 @@ class RunFollower:
             if rescan:
                 last_rescan = now
             await asyncio.to_thread(self.source.refresh, rescan=rescan)
+            self._report_lag()
 
     def _read(self, start: int, stop: int) -> asyncio.Task[FrameBatch]:
-        return asyncio.ensure_future(asyncio.to_thread(self.source.read, start, stop))
+        return asyncio.ensure_future(asyncio.to_thread(self._read_counted, start, stop))
+
+    def _read_counted(self, start: int, stop: int) -> FrameBatch:
+        """Read and decode records ``start:stop``, counting them and timing the work."""
+        began = time.perf_counter()
+        batch = self.source.read(start, stop)
+        if self.metrics is not None:
+            detector = self.source.detector
+            self.metrics.decode_latency(detector, time.perf_counter() - began)
+            self.metrics.ingested(detector, len(batch), len(batch) * self.source.record_size)
+        return batch
+
+    def _report_lag(self) -> None:
+        """Tell the metrics how many complete frames wait, and since when the oldest does."""
+        if self.metrics is None:
+            return
+        available = self.source.frames
+        now = time.monotonic()
+        if available > self._seen_frames:
+            self._arrivals.append((available, now))
+            self._seen_frames = available
+        while self._arrivals and self._arrivals[0][0] <= self.published:
+            self._arrivals.popleft()
+        behind = max(0, available - self.published)
+        since = self._arrivals[0][1] if self._arrivals else None
+        self.metrics.tail_lag(
+            self.state.series,
+            self.source.detector,
+            behind * self.source.record_size,
+            behind,
+            0.0 if since is None else now - since,
+            since=since,
+        )
 
     async def _publish(self, available: int) -> None:
         """Publish the next batch while the one after it is read and decoded in a thread."""
         size = self.settings.batch_frames
+        self._report_lag()
         reading = self._ahead or self._read(self.published, min(available, self.published + size))
         self._ahead = None
         batch = await reading
@@ -188,10 +269,18 @@ class RunFollower:
         ]
         await self.publisher.frames(self.state, batch, per_frame)
         self.published = batch.stop
+        self._report_lag()
+        now = time.monotonic()
+        if self.registry is not None and now - self._recorded_at >= _RECORD_INTERVAL_S:
+            self.registry.update_run(self.state.series, frames=self.published)
+            self._recorded_at = now
 
     async def _end(self, status: Status, reason: str) -> None:
-        self.status = status
+        self.status, self.reason = status, reason
+        if self.metrics is not None:
+            self.metrics.tail_finished(self.state.series)
         scan, filled = self.navigation.final(self.published)
+        self.filled = filled
         fields = {
             "status": status.value,
             "reason": reason,
@@ -201,6 +290,20 @@ class RunFollower:
             "nav_detail": scan.detail,
             "sources": self.source.files,
         }
+        if self.registry is not None:
+            self.registry.update_run(
+                self.state.series,
+                frames=self.published,
+                status=status.value,
+                reason=reason,
+                sources=self.source.files,
+                nav_shape=list(filled),
+                nav_shape_intended=list(scan.shape),
+                nav_evidence=scan.evidence.value,
+                nav_detail=scan.detail,
+            )
+        if self.ended is not None:
+            await self.ended(self)
         await self.publisher.series_end(self.state, fields)
         _logger.info(
             "run %s %s: %s, %d frames, scan %s from %s (%s)",

@@ -83,6 +83,11 @@ class Source(ABC):
 
     @property
     @abstractmethod
+    def record_size(self) -> int:
+        """Bytes of one record in the files (frame header and payload)."""
+
+    @property
+    @abstractmethod
     def frame_shape(self) -> tuple[int, int]:
         """``(rows, cols)`` of a decoded frame."""
 
@@ -196,6 +201,11 @@ class MibSource(Source):
     def frames(self) -> int:
         """Complete records in all files."""
         return self.run.frames
+
+    @property
+    def record_size(self) -> int:
+        """Bytes of one record: frame header and pixels."""
+        return self.run.layout.record_size
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -326,6 +336,11 @@ class TvipsSource(Source):
     def frames(self) -> int:
         """Complete records in all parts."""
         return self.series.frames
+
+    @property
+    def record_size(self) -> int:
+        """Bytes of one record: frame header and pixels."""
+        return self.series.layout.record_size
 
     @property
     def frame_shape(self) -> tuple[int, int]:

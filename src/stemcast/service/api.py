@@ -1,0 +1,378 @@
+"""The HTTP control API of the service: runs, conversion jobs, cancelling (see docs/api.md).
+
+JSON in and out. Reading (``GET``) is open to whoever can reach the address, which is
+loopback by default; every other method needs ``Authorization: Bearer TOKEN`` with the
+configured token, compared in constant time. Without a configured token those calls are
+refused. Errors are ``{"error": "..."}`` with the status that says what kind of problem it
+is (400 bad request, 401 no or wrong token, 403 not allowed, 404 not found, 409 conflict).
+
+Paths given to ``POST /convert`` are resolved (``os.path.realpath``: symbolic links followed)
+and must lie in a watched folder or one of the ``input_roots``; ``..`` is refused outright.
+
+:func:`make_app` returns a plain :class:`aiohttp.web.Application` that keeps the service
+under :data:`SERVICE`, so other endpoints can be added to it with ``app.router``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import PurePath
+from typing import Any
+
+from aiohttp import web
+
+from stemcast.errors import StemcastError
+from stemcast.service import probes
+from stemcast.service.app import Service
+from stemcast.service.jobs import JobConflict
+
+__all__ = ["SERVICE", "ApiError", "make_app"]
+
+_logger = logging.getLogger(__name__)
+
+#: The service an application controls: ``request.app[SERVICE]``.
+SERVICE = web.AppKey("service", Service)
+
+_READING = frozenset(("GET", "HEAD", "OPTIONS"))
+_DETECTORS = {".mib": "merlin", ".tvips": "tvips"}
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """A request the API refuses, with its HTTP status.
+
+    Parameters
+    ----------
+    status
+        HTTP status code.
+    message
+        What is wrong, for the ``error`` field of the response.
+    headers
+        Extra response headers.
+    """
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def make_app(service: Service) -> web.Application:
+    """Build the API application of ``service``.
+
+    Parameters
+    ----------
+    service
+        The running service.
+
+    Returns
+    -------
+    aiohttp.web.Application
+        Routes ``GET /runs``, ``GET /runs/{id}``, ``POST /runs/{id}/convert``,
+        ``POST /convert``, ``GET /jobs``, ``GET /jobs/{id}``, ``DELETE /jobs/{id}``, and
+        the probes ``GET /health``, ``GET /ready``, ``GET /metrics``.
+    """
+    app = web.Application(middlewares=[_json_errors, _authorize])
+    app[SERVICE] = service
+    app.add_routes(
+        [
+            web.get("/runs", list_runs),
+            web.get("/runs/{run_id}", show_run),
+            web.post("/runs/{run_id}/convert", convert_run),
+            web.post("/convert", convert_path),
+            web.get("/jobs", list_jobs),
+            web.get("/jobs/{job_id}", show_job),
+            web.delete("/jobs/{job_id}", cancel_job),
+            *probes.routes(service),
+        ]
+    )
+    return app
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return web.json_response(
+            {"error": error.message}, status=error.status, headers=error.headers
+        )
+    except JobConflict as error:
+        return web.json_response({"error": str(error)}, status=409)
+    except StemcastError as error:
+        return web.json_response({"error": str(error)}, status=400)
+    except FileNotFoundError as error:
+        return web.json_response({"error": f"{error.filename}: no such file"}, status=404)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        headers = {name: value for name, value in error.headers.items() if name == "Allow"}
+        message = f"{error.reason}: {request.method} {request.path}"
+        return web.json_response({"error": message}, status=error.status, headers=headers)
+
+
+@web.middleware
+async def _authorize(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    if request.method in _READING:
+        return await handler(request)
+    token = request.app[SERVICE].token
+    if token is None:
+        raise ApiError(
+            403,
+            "changes are disabled: the service has no token; set token_file (--token-file "
+            "FILE) or the environment variable STEMCAST_TOKEN and restart it",
+        )
+    challenge = {"WWW-Authenticate": 'Bearer realm="stemcast"'}
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ApiError(401, "missing bearer token: send 'Authorization: Bearer TOKEN'", challenge)
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise ApiError(401, "wrong bearer token", challenge)
+    return await handler(request)
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    """``GET /runs[?status=S&limit=N]``: recorded runs, newest first."""
+    registry = request.app[SERVICE].registry
+    runs = registry.runs(status=request.query.get("status"), limit=_limit(request))
+    return web.json_response({"runs": runs})
+
+
+async def show_run(request: web.Request) -> web.Response:
+    """``GET /runs/{id}``: one run, with its conversion jobs."""
+    service = request.app[SERVICE]
+    run = _run(service, request.match_info["run_id"])
+    jobs = service.registry.jobs(run_id=run["id"])
+    return web.json_response({**run, "jobs": [job_view(job) for job in jobs]})
+
+
+async def convert_run(request: web.Request) -> web.Response:
+    """``POST /runs/{id}/convert``: convert a run that has ended."""
+    service = request.app[SERVICE]
+    run = _run(service, request.match_info["run_id"])
+    body = await _body(request, {"targets", "options", "navigation_shape"})
+    if run["status"] == "following":
+        raise ApiError(409, f"run {run['id']} is still being followed: convert it once it ends")
+    if run["status"] not in ("complete", "interrupted"):
+        raise ApiError(
+            409,
+            f"run {run['id']} is {run['status']} ({run['reason']}); "
+            "convert its file with POST /convert if it is readable",
+        )
+    if not run["frames"]:
+        raise ApiError(409, f"run {run['id']} has no frame to convert")
+    if not os.path.exists(run["path"]):
+        raise ApiError(404, f"{run['path']}: the run's file is gone")
+    shape = run["nav_shape"] if run["nav_shape"] and len(run["nav_shape"]) == 2 else None
+    return await _request(
+        service,
+        run["path"],
+        run["detector"],
+        body,
+        run_id=run["id"],
+        navigation_shape=shape,
+        relative_to=run["watch_root"],
+    )
+
+
+async def convert_path(request: web.Request) -> web.Response:
+    """``POST /convert``: convert a finished run given by the path of one of its files."""
+    service = request.app[SERVICE]
+    body = await _body(request, {"path", "targets", "options", "navigation_shape"})
+    text = body.get("path")
+    if not isinstance(text, str) or not text:
+        raise ApiError(400, "give the run's file as 'path' (a string)")
+    path, root = _confine(text, service.roots())
+    if not os.path.isfile(path):
+        raise ApiError(400, f"{text}: not a file")
+    detector = _DETECTORS.get(os.path.splitext(path)[1].lower())
+    if detector is None:
+        raise ApiError(400, f"{text}: not a Merlin .mib or TVIPS .tvips file")
+    if service.following(path):
+        raise ApiError(409, f"{text}: the service is following this run; wait for its end")
+    return await _request(service, path, detector, body, navigation_shape=None, relative_to=root)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """``GET /jobs[?status=S&run_id=ID&limit=N]``: conversion jobs, newest first."""
+    registry = request.app[SERVICE].registry
+    jobs = registry.jobs(
+        status=request.query.get("status"),
+        run_id=request.query.get("run_id"),
+        limit=_limit(request),
+    )
+    return web.json_response({"jobs": [job_view(job) for job in jobs]})
+
+
+async def show_job(request: web.Request) -> web.Response:
+    """``GET /jobs/{id}``: one job, its state and progress."""
+    job_id = request.match_info["job_id"]
+    job = request.app[SERVICE].registry.job(job_id)
+    if job is None:
+        raise ApiError(404, f"no job {job_id}")
+    return web.json_response(job_view(job))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """``DELETE /jobs/{id}``: cancel a queued (200) or running (202) job."""
+    job_id = request.match_info["job_id"]
+    job = request.app[SERVICE].jobs.cancel(job_id)
+    if job is None:
+        raise ApiError(404, f"no job {job_id}")
+    cancelled = job["status"] == "cancelled"
+    return web.json_response(
+        {**job_view(job), "cancel_requested": True}, status=200 if cancelled else 202
+    )
+
+
+def job_view(job: dict[str, Any]) -> dict[str, Any]:
+    """Return a job as the API shows it: the registry row with a ``progress`` object.
+
+    Parameters
+    ----------
+    job
+        The job as the registry returns it.
+
+    Returns
+    -------
+    dict
+        Its fields without the internal dedupe key, ``frames_done`` and ``frames_total``
+        moved under ``progress`` with the ``fraction`` done (0 to 1, ``None`` while the
+        number of frames is unknown).
+    """
+    view = {name: value for name, value in job.items() if name != "key"}
+    done, total = view.pop("frames_done"), view.pop("frames_total")
+    fraction = None if not total else round(min(done / total, 1.0), 4)
+    view["progress"] = {"frames_done": done, "frames_total": total, "fraction": fraction}
+    return view
+
+
+async def _request(
+    service: Service,
+    path: str,
+    detector: str,
+    body: dict[str, Any],
+    *,
+    run_id: str | None = None,
+    navigation_shape: list[int] | None,
+    relative_to: str | None,
+) -> web.Response:
+    """Ask the jobs for a conversion; the configured one when the body names no targets."""
+    from stemcast.service.convert import parse_targets
+
+    settings = service.settings
+    targets = body.get("targets")
+    if targets is None:
+        targets, options = settings.conversion_for(detector, os.path.dirname(path))
+        if not targets:
+            raise ApiError(
+                400, "no targets: give 'targets' (emd, blockfile); none is configured for this run"
+            )
+    else:
+        chosen = parse_targets(targets)
+        options = {
+            name: settings.convert_options[name]
+            for name in chosen
+            if name in settings.convert_options
+        }
+    options = body.get("options", options)
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "'options' must be an object: {target: {option: value}}")
+    job, created = await service.jobs.request(
+        path,
+        targets,
+        options,
+        run_id=run_id,
+        navigation_shape=body.get("navigation_shape", navigation_shape),
+        relative_to=relative_to,
+    )
+    return web.json_response(
+        {**job_view(job), "existing": not created},
+        status=202 if created else 200,
+        headers={"Location": f"/jobs/{job['id']}"},
+    )
+
+
+def _run(service: Service, run_id: str) -> dict[str, Any]:
+    run = service.registry.run(run_id)
+    if run is None:
+        raise ApiError(404, f"no run {run_id}")
+    return run
+
+
+async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ApiError(400, f"the body is not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(
+            400, f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}"
+        )
+    return body
+
+
+def _limit(request: web.Request) -> int | None:
+    text = request.query.get("limit")
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise ApiError(400, f"limit={text!r} is not a count")
+    return int(text)
+
+
+def _confine(text: str, roots: list[str]) -> tuple[str, str]:
+    """Resolve a requested path and check that it lies in one of ``roots``.
+
+    Parameters
+    ----------
+    text
+        An absolute path, or one relative to a root.
+    roots
+        The folders the API may read, resolved.
+
+    Returns
+    -------
+    tuple of str
+        The resolved path and the root holding it.
+
+    Raises
+    ------
+    ApiError
+        403 for ``..`` or a path (after following links) outside every root, 404 for a
+        path that does not exist.
+    """
+    if ".." in PurePath(text).parts:
+        raise ApiError(403, f"{text}: '..' is not allowed in paths")
+    if "\0" in text:
+        raise ApiError(400, "the path contains a NUL character")
+    candidates = [text] if os.path.isabs(text) else [os.path.join(root, text) for root in roots]
+    for candidate in candidates:
+        if not os.path.lexists(candidate) and len(candidates) > 1:
+            continue
+        real = os.path.realpath(candidate)
+        root = next((root for root in roots if _inside(real, root)), None)
+        if root is None:
+            raise ApiError(
+                403,
+                f"{text}: outside the folders the service may read (watch folders and input_roots)",
+            )
+        if not os.path.exists(real):
+            raise ApiError(404, f"{text}: no such file")
+        return real, root
+    raise ApiError(404, f"{text}: no such file in the watch folders or input_roots")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)

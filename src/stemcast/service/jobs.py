@@ -1,0 +1,455 @@
+"""Conversion jobs: requested, deduplicated, queued, run and recorded in the registry.
+
+A job converts one run to one or more targets under the output root. Its row in the registry
+is the truth: a job is ``queued`` until a worker takes it, ``running`` while it converts,
+then ``done``, ``failed`` or ``cancelled``. A restarted service takes the ``queued`` and
+``running`` rows up again, oldest first.
+
+Two requests are the same conversion when they name the same run (its first file, resolved),
+its files have the same sizes and modification times, and the targets, options, output root,
+scan shape and mirrored folder are the same: the second request gets the first job back
+instead of a new one, unless that job failed or was cancelled, or it is done but one of its
+outputs has since gone.
+
+Conversions run in a thread pool of ``convert_workers`` threads (they block on file I/O and
+release the GIL in numpy, h5py and the writers), or, with a ``scheduler``, as one
+dask.distributed task per job. The pool is the service's own, so long conversions never take
+the threads the run followers read with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from stemcast.errors import FormatError, ParameterError, StemcastError
+from stemcast.service.config import ServiceSettings
+from stemcast.service.metrics import Metrics
+from stemcast.service.registry import Registry
+from stemcast.service.tail import NotReady, open_source
+
+__all__ = ["JobConflict", "JobManager"]
+
+_logger = logging.getLogger(__name__)
+
+#: Seconds between two writes of a running job's progress to the registry.
+_PROGRESS_INTERVAL_S = 0.5
+#: Seconds given to the scheduler to answer when the service connects.
+_SCHEDULER_TIMEOUT_S = 10
+
+
+class JobConflict(StemcastError):
+    """A job cannot do what was asked in its state (cancel a job that has ended)."""
+
+
+class _Progress:
+    """Frames converted so far, set from the converting thread, read from the event loop."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.total: int | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+
+class JobManager:
+    """The conversion jobs of the service.
+
+    Parameters
+    ----------
+    settings
+        Output root, workers, scheduler address.
+    registry
+        Where jobs are recorded.
+    metrics
+        Where each ended job is counted, per output format, with its duration and bytes.
+    """
+
+    def __init__(
+        self, settings: ServiceSettings, registry: Registry, metrics: Metrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._cancel: dict[str, threading.Event] = {}
+        self._cancelled: set[str] = set()
+        self._progress: dict[str, tuple[int, int | None]] = {}
+        self._stopping = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._client: Any = None
+
+    async def start(self) -> None:
+        """Connect to the scheduler, if any, and take up the jobs a previous run left.
+
+        Jobs that were ``running`` when the previous process stopped go back to ``queued``
+        (the conversion removes the temporary files a killed process left); then every
+        unfinished job is queued, oldest first.
+
+        Raises
+        ------
+        StemcastError
+            When the scheduler cannot be reached.
+        """
+        if self.settings.scheduler:
+            self._client = await _connect(self.settings.scheduler)
+        else:
+            self._executor = ThreadPoolExecutor(
+                self.settings.convert_workers, thread_name_prefix="stemcast-convert"
+            )
+        for job in self.registry.unfinished_jobs():
+            if job["status"] == "running":
+                self.registry.update_job(job["id"], status="queued")
+            _logger.info("job %s: resumed (%s)", job["id"], job["source"])
+            self._queue.put_nowait(job["id"])
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"conversion worker {number}")
+            for number in range(self.settings.convert_workers)
+        ]
+
+    async def request(
+        self,
+        source: str | os.PathLike[str],
+        targets: str | Sequence[str],
+        options: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        navigation_shape: Sequence[int] | None = None,
+        relative_to: str | os.PathLike[str] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Ask for a conversion; the same conversion asked twice is one job.
+
+        Parameters
+        ----------
+        source
+            A file of the run (its first file is found).
+        targets
+            Output formats: ``"emd,blockfile"`` or a list of names.
+        options
+            Writer options per target.
+        run_id
+            The run the file belongs to, if the service followed it.
+        navigation_shape
+            ``(x, y)`` scan shape to write; inferred from the run when ``None``.
+        relative_to
+            A folder holding the run whose layout is mirrored under the output root.
+
+        Returns
+        -------
+        tuple
+            The job (as recorded) and whether it is new (``False``: the same conversion was
+            already queued, running or done).
+
+        Raises
+        ------
+        ParameterError
+            When no output root is configured, or the targets, options or scan shape are bad.
+        FormatError
+            When ``source`` is not a file of a Merlin or TVIPS run.
+        """
+        from stemcast.service.convert import check_options, parse_targets
+
+        if self.settings.output is None:
+            raise ParameterError(
+                "no output root is configured: start the service with --output DIR",
+                parameter="output",
+            )
+        chosen = list(parse_targets(targets))
+        normalized = check_options(chosen, options)
+        shape = _navigation_shape(navigation_shape)
+        output_dir = os.path.realpath(self.settings.output)
+        mirrored = None if relative_to is None else os.path.realpath(relative_to)
+        first, files = await asyncio.to_thread(_describe, source)
+        key = _job_key(
+            {
+                "source": first,
+                "files": files,
+                "targets": sorted(chosen),
+                "options": normalized,
+                "output_dir": output_dir,
+                "navigation_shape": shape,
+                "relative_to": mirrored,
+            }
+        )
+        existing = self.registry.job_by_key(key)
+        if existing is not None and not _outputs_gone(existing):
+            return existing, False
+        job = self.registry.add_job(
+            uuid.uuid4().hex,
+            key=key,
+            source=first,
+            run_id=run_id,
+            targets=chosen,
+            options=normalized,
+            output_dir=output_dir,
+            navigation_shape=shape,
+            relative_to=mirrored,
+        )
+        _logger.info("job %s: queued %s to %s", job["id"], first, ", ".join(chosen))
+        self._queue.put_nowait(job["id"])
+        return job, True
+
+    def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Cancel a job: a queued one at once, a running one when it next looks.
+
+        Parameters
+        ----------
+        job_id
+            The job.
+
+        Returns
+        -------
+        dict or None
+            The job as it is now (``cancelled``, or still ``running`` until the conversion
+            stops and removes its temporary files); ``None`` when there is no such job.
+
+        Raises
+        ------
+        JobConflict
+            When the job has already ended.
+        """
+        job = self.registry.job(job_id)
+        if job is None:
+            return None
+        if job["status"] == "queued":
+            _logger.info("job %s: cancelled before it started", job_id)
+            return self.registry.update_job(job_id, status="cancelled")
+        flag = self._cancel.get(job_id)
+        if job["status"] == "running" and flag is not None:
+            _logger.info("job %s: cancel requested", job_id)
+            self._cancelled.add(job_id)
+            flag.set()
+            return job
+        raise JobConflict(f"job {job_id} has already ended: {job['status']}")
+
+    async def stop(self) -> None:
+        """Stop converting: running jobs are cancelled and left ``queued`` for a restart."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for flag in self._cancel.values():
+            flag.set()
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+        if self._workers:
+            _, late = await asyncio.wait(self._workers, timeout=self.settings.shutdown_timeout_s)
+            unstopped = list(self._cancel)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            for job_id in unstopped:
+                self.registry.update_job(job_id, status="queued")
+                _logger.warning("job %s: did not stop in time; queued for the next start", job_id)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            await self._client.close()
+
+    async def _work(self) -> None:
+        while not self._stopping:
+            job_id = await self._queue.get()
+            if job_id is None or self._stopping:
+                return
+            job = self.registry.job(job_id)
+            if job is not None and job["status"] == "queued":
+                await self._run(job)
+
+    async def _run(self, job: dict[str, Any]) -> None:
+        from stemcast.service.convert import Cancelled
+
+        job_id = job["id"]
+        flag = self._cancel[job_id] = threading.Event()
+        self.registry.update_job(job_id, status="running", frames_done=0)
+        _logger.info("job %s: converting %s", job_id, job["source"])
+        began = time.monotonic()
+        outputs: dict[str, str] = {}
+        try:
+            if self._client is None:
+                result = await self._convert_here(job, flag)
+            else:
+                result = await self._convert_on_cluster(job, flag)
+        except Cancelled:
+            # Stopped by the service stopping, not by a request: it resumes at the next start.
+            resumed = self._stopping and job_id not in self._cancelled
+            job = self.registry.update_job(job_id, status="queued" if resumed else "cancelled")
+            _logger.info("job %s: %s", job_id, "stopped" if resumed else "cancelled")
+        except (StemcastError, OSError) as error:
+            job = self.registry.update_job(job_id, status="failed", error=str(error))
+            _logger.error("job %s failed: %s", job_id, error)
+        except Exception as error:
+            # An unexpected error fails the job, never the service.
+            _logger.exception("job %s failed", job_id)
+            job = self.registry.update_job(
+                job_id, status="failed", error=f"{type(error).__name__}: {error}"
+            )
+        else:
+            outputs = result["outputs"]
+            job = self.registry.update_job(
+                job_id,
+                status="done",
+                frames_done=result["frames"],
+                frames_total=result["frames"],
+                outputs=result["outputs"],
+                bytes_written=result["bytes_written"],
+            )
+            _logger.info("job %s done: %s", job_id, ", ".join(map(str, result["outputs"].values())))
+        finally:
+            del self._cancel[job_id]
+            self._cancelled.discard(job_id)
+            self._progress.pop(job_id, None)
+        self._count(job, time.monotonic() - began, outputs)
+
+    def _count(self, job: dict[str, Any], seconds: float, outputs: Mapping[str, str]) -> None:
+        """Count a job that ended (not one stopped to resume) once per output format."""
+        if self.metrics is None or job["status"] not in ("done", "failed", "cancelled"):
+            return
+        for target in job["targets"]:
+            try:
+                written = os.path.getsize(outputs[target]) if target in outputs else 0
+            except OSError:
+                written = 0
+            self.metrics.conversion_finished(target, job["status"], seconds, written)
+
+    async def _convert_here(self, job: dict[str, Any], flag: threading.Event) -> dict[str, Any]:
+        from stemcast.service.convert import convert_run
+
+        progress = _Progress()
+        call = partial(
+            convert_run,
+            job["source"],
+            job["targets"],
+            job["output_dir"],
+            options=job["options"],
+            navigation_shape=_shape_tuple(job["navigation_shape"]),
+            relative_to=job["relative_to"],
+            progress=progress,
+            cancelled=flag.is_set,
+        )
+        running = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        while True:
+            finished, _ = await asyncio.wait({running}, timeout=_PROGRESS_INTERVAL_S)
+            self._record_progress(job["id"], progress.done, progress.total)
+            if finished:
+                return running.result().as_dict()
+
+    async def _convert_on_cluster(
+        self, job: dict[str, Any], flag: threading.Event
+    ) -> dict[str, Any]:
+        from stemcast.service.convert import convert_on_worker
+
+        job_id = job["id"]
+        cluster = _distributed()
+        progress = cluster.Variable(f"stemcast-progress-{job_id}", client=self._client)
+        cancel = cluster.Event(f"stemcast-cancel-{job_id}", client=self._client)
+        future = self._client.submit(
+            convert_on_worker,
+            job_id,
+            job["source"],
+            job["targets"],
+            job["output_dir"],
+            options=job["options"],
+            navigation_shape=job["navigation_shape"],
+            relative_to=job["relative_to"],
+            pure=False,
+        )
+        waiting: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(future)
+        cancel_sent = False
+        try:
+            while True:
+                finished, _ = await asyncio.wait({waiting}, timeout=_PROGRESS_INTERVAL_S)
+                if flag.is_set() and not cancel_sent:
+                    await cancel.set()
+                    cancel_sent = True
+                with contextlib.suppress(TimeoutError):
+                    state = await progress.get(timeout=0)
+                    self._record_progress(job_id, state["frames_done"], state["frames_total"])
+                if finished:
+                    return waiting.result()
+        finally:
+            waiting.cancel()
+            with contextlib.suppress(Exception):
+                progress.delete()
+
+    def _record_progress(self, job_id: str, done: int, total: int | None) -> None:
+        if self._progress.get(job_id) != (done, total):
+            self._progress[job_id] = (done, total)
+            self.registry.update_job(job_id, frames_done=done, frames_total=total)
+
+
+def _distributed() -> Any:
+    """Import dask.distributed (only when a scheduler is configured)."""
+    import distributed
+
+    return distributed
+
+
+async def _connect(address: str) -> Any:
+    try:
+        return await _distributed().Client(address, asynchronous=True, timeout=_SCHEDULER_TIMEOUT_S)
+    except (OSError, TimeoutError) as error:
+        raise StemcastError(
+            f"cannot reach the dask scheduler at {address}: {error}", parameter="scheduler"
+        ) from None
+
+
+def _describe(source: str | os.PathLike[str]) -> tuple[str, list[list[Any]]]:
+    """Return the run's first file (resolved) and ``[file, size, mtime_ns]`` of its files."""
+    from stemcast.service.convert import run_source
+
+    first = os.path.realpath(run_source(source))
+    try:
+        files = open_source(first).files
+    except NotReady:
+        raise FormatError("the run's first frame is not written yet", path=first) from None
+    described = []
+    for name in files:
+        status = os.stat(name)
+        described.append([os.path.realpath(name), status.st_size, status.st_mtime_ns])
+    return first, described
+
+
+def _job_key(fields: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of what makes a conversion the same."""
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _navigation_shape(shape: Sequence[int] | None) -> list[int] | None:
+    if shape is None:
+        return None
+    try:
+        values = [int(size) for size in shape]
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"{shape!r} is not a scan shape [x, y]", parameter="navigation_shape"
+        ) from None
+    if len(values) != 2 or min(values) < 1:
+        raise ParameterError(
+            f"{shape!r} is not a scan shape [x, y] of positive sizes",
+            parameter="navigation_shape",
+        )
+    return values
+
+
+def _shape_tuple(shape: list[int] | None) -> tuple[int, int] | None:
+    return None if shape is None else (shape[0], shape[1])
+
+
+def _outputs_gone(job: dict[str, Any]) -> bool:
+    """Whether a done job's outputs are no longer all there (so it must run again)."""
+    if job["status"] != "done":
+        return False
+    return not all(os.path.exists(path) for path in job["outputs"].values())
