@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from rsciio.emd import file_reader as read_emd
+from rsciio.quantumdetector import file_reader as read_mib
 
 from stemcast.writers.mib import write_mib
 
@@ -61,6 +63,10 @@ def test_demo_follows_a_simulated_camera_live_and_finds_its_shape(tmp_path: Path
     assert "Virtual bright-field image (8 x 12 scan" in result.stdout
     assert (tmp_path / "demo.mib").stat().st_size == 96 * (384 + 64 * 64 * 2)
     assert (tmp_path / "demo.hdr").stat().st_size == 2048
+    assert "converted  demo.blo" in result.stdout
+    [emd] = read_emd(str(tmp_path / "converted" / "demo.emd"))
+    [mib] = read_mib(str(tmp_path / "demo.mib"), navigation_shape=(12, 8))
+    np.testing.assert_array_equal(emd["data"], mib["data"])
 
 
 def test_serve_simulate_and_subscribe_work_together(tmp_path: Path) -> None:

@@ -325,7 +325,7 @@ def _demo(args: argparse.Namespace) -> int:
         directory.mkdir(parents=True, exist_ok=True)
         code = asyncio.run(_live_demo(args, directory, Path(scratch)))
         if args.directory:
-            print(f"\nThe acquisition stays in {directory}.")
+            print(f"\nThe acquisition and its conversions stay in {directory}.")
     return code
 
 
@@ -341,6 +341,8 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
     from stemcast.service.config import ServiceSettings
     from stemcast.simulate import simulate_mib
 
+    converted = directory / "converted"
+    converted.mkdir(exist_ok=True)
     settings = ServiceSettings(
         watch=[directory],
         data_endpoint="tcp://127.0.0.1:0",
@@ -348,6 +350,8 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
         idle_timeout_s=5.0,
         http="127.0.0.1:0",
         registry=scratch / "registry.sqlite3",
+        output=converted,
+        convert=["emd", "blockfile"],
     )
     started: asyncio.Future[Service] = asyncio.get_running_loop().create_future()
     service_task = asyncio.create_task(serve(settings, started.set_result))
@@ -404,6 +408,7 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
             fps=args.fps,
         )
         end, sums, seconds, latencies = await receiving
+        job = await _conversion_of(service, end["series"])
     finally:
         subscriber.close()
         service.stop()
@@ -423,6 +428,12 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
         f"scan shape {' x '.join(map(str, shape))} (x, y) from {end['nav_evidence']}: "
         f"{end['nav_detail']}"
     )
+    if job is not None:
+        outputs = ", ".join(
+            f"{Path(path).name} ({Path(path).stat().st_size / 1e6:.0f} MB)"
+            for path in job["outputs"].values()
+        )
+        print(f"converted  {outputs} in {job['duration_s']:.1f} s, into {converted}")
     if len(shape) == 2:
         image = np.asarray(sums[: shape[0] * shape[1]]).reshape(shape[1], shape[0])
         print(
@@ -430,7 +441,26 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
             "central disk, built live from the received frames):"
         )
         print(_render(image))
-    return 0 if frames == end["frames"] and end["status"] == "complete" else 1
+    complete = frames == end["frames"] and end["status"] == "complete"
+    return 0 if complete and job is not None else 1
+
+
+async def _conversion_of(service: Any, run_id: str, timeout_s: float = 120.0) -> Any:
+    """Wait for the automatic conversion of a run; return the job, or ``None`` if it failed."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        jobs = service.registry.jobs(run_id=run_id)
+        if jobs and jobs[0]["status"] == "done":
+            return jobs[0]
+        if jobs and jobs[0]["status"] in ("failed", "cancelled"):
+            print(f"conversion {jobs[0]['status']}: {jobs[0]['error']}", file=sys.stderr)
+            return None
+        await asyncio.sleep(0.1)
+    print(f"conversion: not done after {timeout_s:g} s", file=sys.stderr)
+    return None
 
 
 def _option(text: str) -> tuple[str, str, Any]:
