@@ -12,6 +12,9 @@ them and checks that every frame arrives, in order, once.
   page cache: the service's own ceiling. The limit, in the same run: plain pyzmq PUSH/PULL of
   the same number of 256x256 ``uint16`` frames from memory (a subprocess pushing a small
   header and the frame buffer, zero-copy), received the same way.
+* **The simulator's own ceiling**: before the service starts, the simulator writes the same
+  run in this process into a folder nobody watches; frames/s from its first to last write.
+  Following the simulator cannot be faster than that, whatever the service does.
 * **Latency**: a writer thread appends one frame every millisecond (1 kHz) with
   :class:`stemcast.writers.mib.MibWriter` and notes when each ``write`` returned; latency is
   the receive time minus that time (same clock), p50 and p99 over ``--latency-frames``.
@@ -44,10 +47,11 @@ FRAME_BYTES = 256 * 256 * 2
 _READY = re.compile(r"data (?P<data>tcp://\S+), preview")
 
 
-def start_service(directory: Path) -> tuple[subprocess.Popen[str], str]:
+def start_service(directory: Path, registry: Path) -> tuple[subprocess.Popen[str], str]:
     command = [
         sys.executable, "-m", "stemcast.cli", "serve", "--quiet", "--watch", str(directory),
         "--data-endpoint", "tcp://127.0.0.1:0", "--preview-endpoint", "tcp://127.0.0.1:0",
+        "--http", "127.0.0.1:0", "--registry", str(registry),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
@@ -64,6 +68,18 @@ def simulate(directory: Path, name: str, frames: int, fps: float) -> subprocess.
         "--fps", str(fps), "--pattern-pool", "4", "--flyback", "0",
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, text=True)
+
+
+def simulator_alone(directory: Path, frames: int) -> float:
+    """Frames/s the simulator writes with nobody reading: the ceiling of following it."""
+    from stemcast.simulate import simulate_mib
+
+    start = time.perf_counter()
+    simulate_mib(
+        directory, name="alone", scan_shape=(100, frames // 100), frame_size=256,
+        counter_depth=12, pattern_pool=4, flyback_s=0,
+    )  # fmt: skip
+    return frames / (time.perf_counter() - start)
 
 
 def receive(pull: zmq.Socket[bytes], frames: int) -> list[int]:
@@ -147,8 +163,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-live-") as scratch:
-        folder = Path(scratch)
-        service, endpoint = start_service(folder)
+        folder = Path(scratch) / "camera"
+        folder.mkdir()
+        (Path(scratch) / "alone").mkdir()
+        alone_fps = simulator_alone(Path(scratch) / "alone", args.frames)
+        service, endpoint = start_service(folder, Path(scratch) / "registry.sqlite3")
         pull = zmq.Context.instance().socket(zmq.PULL)
         pull.rcvhwm = 256
         pull.connect(endpoint)
@@ -178,6 +197,7 @@ def main() -> None:
     print(f"machine: {machine}, Python {platform.python_version()}, pyzmq {zmq.__version__}")
     print(f"{'':38}{'frames/s':>10}{'GB/s':>8}")
     for name, fps in (
+        ("simulator alone (nobody reading)", alone_fps),
         ("stemcast serve, following simulator", live_fps),
         ("stemcast serve, draining the file", drain_fps),
         ("plain pyzmq PUSH/PULL (memory)", plain_fps),
@@ -185,7 +205,9 @@ def main() -> None:
         print(f"{name:38}{fps:10.0f}{fps * FRAME_BYTES / 1e9:8.2f}")
     print(
         f"ratio to plain pyzmq: {live_fps / plain_fps:.0%} following the simulator, "
-        f"{drain_fps / plain_fps:.0%} draining"
+        f"{drain_fps / plain_fps:.0%} draining; the simulator alone writes at "
+        f"{alone_fps / plain_fps:.0%} of plain pyzmq, and the service follows it at "
+        f"{live_fps / alone_fps:.0%} of that"
     )
     print(f"latency at 1 kHz ({len(latencies)} frames): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 
