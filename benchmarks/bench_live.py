@@ -12,9 +12,11 @@ them and checks that every frame arrives, in order, once.
   page cache: the service's own ceiling. The limit, in the same run: plain pyzmq PUSH/PULL of
   the same number of 256x256 ``uint16`` frames from memory (a subprocess pushing a small
   header and the frame buffer, zero-copy), received the same way.
-* **The simulator's own ceiling**: before the service starts, the simulator writes the same
-  run in this process into a folder nobody watches; frames/s from its first to last write.
-  Following the simulator cannot be faster than that, whatever the service does.
+* **The writers' ceilings**: before the service starts, the same number of frame-sized
+  records of zeros is appended to a file in 8 MiB blocks (the fastest any writer can fill
+  this folder), and the simulator writes the same run in this process into a folder nobody
+  watches. Following the simulator cannot be faster than either, whatever the service does;
+  ``--workdir /dev/shm`` puts the folders on a RAM-backed file system.
 * **Latency**: a writer thread appends one frame every millisecond (1 kHz) with
   :class:`stemcast.writers.mib.MibWriter` and notes when each ``write`` returned; latency is
   the receive time minus that time (same clock), p50 and p99 over ``--latency-frames``.
@@ -68,6 +70,26 @@ def simulate(directory: Path, name: str, frames: int, fps: float) -> subprocess.
         "--fps", str(fps), "--pattern-pool", "4", "--flyback", "0",
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, text=True)
+
+
+def write_limit(directory: Path, frames: int) -> float:
+    """Frames/s of the plainest possible writer: 8 MiB blocks of zeros appended to a file.
+
+    No camera, simulator or service can write frames into this folder faster than this.
+    """
+    block = bytes(8 * 2**20)
+    total = frames * (FRAME_BYTES + 384)
+    path = directory / "zeros.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        start = time.perf_counter()
+        for _ in range(0, total, len(block)):
+            os.write(fd, block)
+        seconds = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        path.unlink()
+    return frames / seconds
 
 
 def simulator_alone(directory: Path, frames: int) -> float:
@@ -166,6 +188,7 @@ def main() -> None:
         folder = Path(scratch) / "camera"
         folder.mkdir()
         (Path(scratch) / "alone").mkdir()
+        limit_fps = write_limit(Path(scratch) / "alone", args.frames)
         alone_fps = simulator_alone(Path(scratch) / "alone", args.frames)
         service, endpoint = start_service(folder, Path(scratch) / "registry.sqlite3")
         pull = zmq.Context.instance().socket(zmq.PULL)
@@ -197,6 +220,7 @@ def main() -> None:
     print(f"machine: {machine}, Python {platform.python_version()}, pyzmq {zmq.__version__}")
     print(f"{'':38}{'frames/s':>10}{'GB/s':>8}")
     for name, fps in (
+        ("write limit (zeros in 8 MiB blocks)", limit_fps),
         ("simulator alone (nobody reading)", alone_fps),
         ("stemcast serve, following simulator", live_fps),
         ("stemcast serve, draining the file", drain_fps),
@@ -207,7 +231,8 @@ def main() -> None:
         f"ratio to plain pyzmq: {live_fps / plain_fps:.0%} following the simulator, "
         f"{drain_fps / plain_fps:.0%} draining; the simulator alone writes at "
         f"{alone_fps / plain_fps:.0%} of plain pyzmq, and the service follows it at "
-        f"{live_fps / alone_fps:.0%} of that"
+        f"{live_fps / alone_fps:.0%} of that; plain writes into this folder reach "
+        f"{limit_fps / plain_fps:.0%} of plain pyzmq"
     )
     print(f"latency at 1 kHz ({len(latencies)} frames): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 
