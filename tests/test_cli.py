@@ -64,7 +64,7 @@ def test_demo_follows_a_simulated_camera_live_and_finds_its_shape(tmp_path: Path
     assert (tmp_path / "demo.mib").stat().st_size == 96 * (384 + 64 * 64 * 2)
     assert (tmp_path / "demo.hdr").stat().st_size == 2048
     assert "converted  demo.blo" in result.stdout
-    [emd] = read_emd(str(tmp_path / "converted" / "demo.emd"))
+    [emd] = read_emd(str(tmp_path / "converted" / tmp_path.name / "demo.emd"))
     [mib] = read_mib(str(tmp_path / "demo.mib"), navigation_shape=(12, 8))
     np.testing.assert_array_equal(emd["data"], mib["data"])
 

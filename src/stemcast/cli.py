@@ -433,7 +433,8 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
             f"{Path(path).name} ({Path(path).stat().st_size / 1e6:.0f} MB)"
             for path in job["outputs"].values()
         )
-        print(f"converted  {outputs} in {job['duration_s']:.1f} s, into {converted}")
+        folder = Path(next(iter(job["outputs"].values()))).parent
+        print(f"converted  {outputs} in {job['duration_s']:.1f} s, into {folder}")
     if len(shape) == 2:
         image = np.asarray(sums[: shape[0] * shape[1]]).reshape(shape[1], shape[0])
         print(

@@ -158,7 +158,7 @@ def test_the_same_conversion_asked_twice_runs_once(site: Site) -> None:
     assert done["status"] == "done"
     assert done["progress"] == {"frames_done": 24, "frames_total": 24, "fraction": 1.0}
     output = Path(done["outputs"]["emd"])
-    assert output == site.base / "out" / "twice.emd"
+    assert output == site.base / "out" / "camera" / "twice.emd"
     before = output.stat()
     status, again = call("POST", url, request, token=TOKEN)
     assert status == 200
@@ -247,8 +247,8 @@ def test_paths_stay_inside_the_watch_folders_and_input_roots(site: Site) -> None
     assert same["id"] == job["id"]
     done = site.finished(job["id"])
     assert done["status"] == "done"
-    assert done["outputs"] == {"emd": str(site.base / "out" / "archived.emd")}
-    assert not (site.base / "out" / "secret.emd").exists()
+    assert done["outputs"] == {"emd": str(site.base / "out" / "archive" / "archived.emd")}
+    assert not (site.base / "out" / "outside" / "secret.emd").exists()
 
 
 def test_runs_being_followed_or_failed_are_not_converted(site: Site) -> None:

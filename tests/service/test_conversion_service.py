@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 from live import Daemon, Drain, call, daemons, wait_until
@@ -112,16 +113,16 @@ def test_a_complete_merlin_run_is_converted_to_both_targets(
     job = converted(service, end["series"])
     assert job["status"] == "done"
     assert job["outputs"] == {
-        "blockfile": str(tmp_path / "out" / "whole.blo"),
-        "emd": str(tmp_path / "out" / "whole.emd"),
+        "blockfile": str(tmp_path / "out" / "camera" / "whole.blo"),
+        "emd": str(tmp_path / "out" / "camera" / "whole.emd"),
     }
     assert job["progress"] == {"frames_done": 48, "frames_total": 48, "fraction": 1.0}
     expected = read(source)
     assert expected.shape == (6, 8, 64, 64)
-    np.testing.assert_array_equal(read(tmp_path / "out" / "whole.emd"), expected)
-    np.testing.assert_array_equal(read(tmp_path / "out" / "whole.blo"), expected)
+    np.testing.assert_array_equal(read(tmp_path / "out" / "camera" / "whole.emd"), expected)
+    np.testing.assert_array_equal(read(tmp_path / "out" / "camera" / "whole.blo"), expected)
     assert digest(source) == before
-    assert sorted(os.listdir(tmp_path / "out")) == ["whole.blo", "whole.emd"]
+    assert sorted(os.listdir(tmp_path / "out" / "camera")) == ["whole.blo", "whole.emd"]
 
 
 def test_an_interrupted_run_keeps_its_complete_lines(
@@ -188,16 +189,14 @@ targets = ["blockfile"]
         "emd": {"compression": "gzip", "compression_opts": 1}
     }
     assert jobs["rolled_000.tvips"]["targets"] == ["blockfile"]
-    import h5py
-
-    with h5py.File(tmp_path / "out" / "squeezed.emd") as squeezed:
+    with h5py.File(tmp_path / "out" / "fast" / "squeezed.emd") as squeezed:
         [group] = squeezed["signals"].values()
         assert group["data"].compression == "gzip"
-    with h5py.File(tmp_path / "out" / "plain.emd") as plain:
+    with h5py.File(tmp_path / "out" / "camera" / "plain.emd") as plain:
         [group] = plain["signals"].values()
         assert group["data"].compression is None
     stack = read(parts[0])
-    blockfile = read(tmp_path / "out" / "rolled.blo")
+    blockfile = read(tmp_path / "out" / "camera" / "rolled.blo")
     assert blockfile.shape == (4, 4, 32, 32)
     np.testing.assert_array_equal(blockfile.reshape(stack.shape), stack.astype(np.uint8))
 
@@ -230,7 +229,7 @@ def test_a_running_job_reports_progress_and_can_be_cancelled(
     )
     assert stopped["status"] == "cancelled"
     assert stopped["outputs"] == {}
-    assert os.listdir(tmp_path / "out") == []
+    assert os.listdir(tmp_path / "out" / "camera") == []
     status, listed = call("GET", f"{service.http}/jobs?status=cancelled")
     assert [row["id"] for row in listed["jobs"]] == [job["id"]]
 
@@ -280,13 +279,13 @@ def test_a_conversion_killed_midway_leaves_no_output_and_completes_after_restart
     first.process.send_signal(signal.SIGKILL)
     assert first.process.wait(10) == -signal.SIGKILL
     # Only the temporary file of the killed process, never the final name.
-    assert os.listdir(tmp_path / "out") == [f".killed.emd.{first.process.pid}.partial"]
+    assert os.listdir(tmp_path / "out" / "camera") == [f".killed.emd.{first.process.pid}.partial"]
     second = daemon(*flags)
     drains(second)
     done = converted(second, run_id, timeout_s=60)
     assert done["id"] == job["id"]
     assert done["status"] == "done"
-    assert os.listdir(tmp_path / "out") == ["killed.emd"]
+    assert os.listdir(tmp_path / "out" / "camera") == ["killed.emd"]
     np.testing.assert_array_equal(read(done["outputs"]["emd"]), read(source))
     assert digest(source) == before
 
@@ -326,7 +325,7 @@ def test_a_full_disk_fails_the_job_clearly_and_the_next_run_converts(
         before = digest(source)
         failed = converted(service, drain.end_of("huge.mib")["series"])
         assert failed["status"] == "failed"
-        assert failed["error"].startswith(f"cannot write {out / 'huge.blo'}: ")
+        assert failed["error"].startswith(f"cannot write {out / 'camera' / 'huge.blo'}: ")
         assert "No space left on device" in failed["error"]
         assert failed["outputs"] == {}
         assert digest(source) == before
@@ -335,7 +334,8 @@ def test_a_full_disk_fails_the_job_clearly_and_the_next_run_converts(
         )
         done = converted(service, drain.end_of("tiny.mib")["series"])
         assert done["status"] == "done"
-        assert os.listdir(out) == ["tiny.blo"]
+        assert os.listdir(out) == ["camera"]
+        assert os.listdir(out / "camera") == ["tiny.blo"]
         assert service.stop() == 0
 
 
@@ -356,7 +356,7 @@ def test_an_unwritable_output_root_fails_the_job_and_the_service_goes_on(
         before = digest(source)
         failed = converted(service, drain.end_of("first.mib")["series"])
         assert failed["status"] == "failed"
-        assert failed["error"].startswith(f"cannot write {out / 'first.emd'}: ")
+        assert failed["error"].startswith(f"cannot write {out / 'camera' / 'first.emd'}: ")
         assert "Read-only file system" in failed["error"] or "Permission denied" in failed["error"]
         assert digest(source) == before
         simulate_mib(tmp_path / "camera", name="second", scan_shape=(4, 4), frame_size=32)

@@ -231,9 +231,9 @@ def test_a_failed_job_says_why_and_the_next_job_runs(
     (camera / "sub").mkdir()
     blocked = small_run(camera / "sub", "blocked")
     fine = small_run(camera, "fine")
-    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "camera").mkdir(parents=True)
     # The output folder of the first run is taken by a file: it cannot be created.
-    (tmp_path / "out" / "sub").write_text("not a folder")
+    (tmp_path / "out" / "camera" / "sub").write_text("not a folder")
 
     async def main() -> None:
         jobs = await manager()

@@ -74,7 +74,7 @@ def test_metrics_count_a_run_and_its_conversion(service: Daemon, tmp_path: Path)
     finally:
         drain.close()
     assert end["status"] == "complete"
-    output = tmp_path / "out" / "counted.emd"
+    output = tmp_path / "out" / "camera" / "counted.emd"
     wait_until(
         lambda: value(
             service, "stemcast_conversion_jobs_finished_total", format="emd", status="done"

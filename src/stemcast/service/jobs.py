@@ -145,7 +145,9 @@ class JobManager:
         navigation_shape
             ``(x, y)`` scan shape to write; inferred from the run when ``None``.
         relative_to
-            A folder holding the run whose layout is mirrored under the output root.
+            The watched folder or input root holding the run: outputs go to
+            ``OUTPUT/<its name>/<sub-folders of the run>/``, so that runs of the same name in
+            two roots never share an output.
 
         Returns
         -------
@@ -171,7 +173,7 @@ class JobManager:
         normalized = check_options(chosen, options)
         shape = _navigation_shape(navigation_shape)
         output_dir = os.path.realpath(self.settings.output)
-        mirrored = None if relative_to is None else os.path.realpath(relative_to)
+        mirrored = None if relative_to is None else os.path.dirname(os.path.realpath(relative_to))
         first, files = await asyncio.to_thread(_describe, source)
         key = _job_key(
             {
