@@ -131,7 +131,16 @@ def copy_sync(source: Path, dest: Path, scaling: str, scan: tuple[int, int]) -> 
 OURS = "stemcast convert_run"
 REFERENCES = ("rosettasciio eager", "rosettasciio lazy")
 LIMIT, LIMIT_SYNC = "cp", "cp + sync"
-#: name -> (function, modules imported before the clock starts: import time is not work)
+#: What the reference methods import before the clock starts (import time is not work).
+REFERENCE_MODULES = (
+    "rsciio.quantumdetector",
+    "rsciio.blockfile",
+    "rsciio.emd",
+    "skimage.exposure",
+    "dask.array",
+    "h5py",
+)
+#: name -> (function, modules imported before the clock starts)
 METHODS: dict[str, tuple[Callable[[Path, Path, str, tuple[int, int]], None], tuple[str, ...]]] = {
     LIMIT: (copy, ()),
     LIMIT_SYNC: (copy_sync, ()),
@@ -147,28 +156,8 @@ METHODS: dict[str, tuple[Callable[[Path, Path, str, tuple[int, int]], None], tup
             "tqdm",
         ),
     ),
-    "rosettasciio eager": (
-        rsciio_eager,
-        (
-            "rsciio.quantumdetector",
-            "rsciio.blockfile",
-            "rsciio.emd",
-            "skimage.exposure",
-            "dask.array",
-            "h5py",
-        ),
-    ),
-    "rosettasciio lazy": (
-        rsciio_lazy,
-        (
-            "rsciio.quantumdetector",
-            "rsciio.blockfile",
-            "rsciio.emd",
-            "skimage.exposure",
-            "dask.array",
-            "h5py",
-        ),
-    ),
+    "rosettasciio eager": (rsciio_eager, REFERENCE_MODULES),
+    "rosettasciio lazy": (rsciio_lazy, REFERENCE_MODULES),
 }
 
 
