@@ -162,7 +162,7 @@ class JobManager:
         FormatError
             When ``source`` is not a file of a Merlin or TVIPS run.
         """
-        from stemcast.service.convert import check_options, parse_targets
+        from stemcast.service.conversion_options import check_options, parse_targets
 
         if self.settings.output is None:
             raise ParameterError(
