@@ -340,3 +340,21 @@ def test_streamed_filters_read_back_through_hdf5(
         assert dataset.shuffle is shuffle
         assert dataset.compression == compression
         np.testing.assert_array_equal(dataset[()].T.reshape(6, 16, 16), frames)
+
+
+@pytest.mark.parametrize("frame_shape", [(70, 130), (130, 70), (64, 64), (3, 200)])
+def test_frames_of_any_shape_are_stored_transposed(tmp_path: Path, frame_shape: tuple) -> None:
+    """Frames are transposed tile by tile: sizes that are not multiples of a tile, flipped
+    and big-endian views all land where h5py (and rosettasciio) expect them."""
+    frames = np.random.default_rng(3).integers(0, 60000, (4, *frame_shape)).astype(">u2")
+    path = tmp_path / "shapes.emd"
+    with EmdWriter(
+        path, frame_shape, np.uint16, scan_shape=(2, 2), chunks=(1, 1, *frame_shape)
+    ) as writer:
+        writer.append(frames[:, ::-1])
+    with h5py.File(path, "r") as file:
+        (name,) = file["signals"]
+        stored = file["signals"][name]["data"][()]
+    np.testing.assert_array_equal(stored.T.reshape(4, *frame_shape), frames[:, ::-1])
+    [signal] = rsciio_emd.file_reader(str(path))
+    np.testing.assert_array_equal(signal["data"].reshape(4, *frame_shape), frames[:, ::-1])

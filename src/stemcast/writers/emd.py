@@ -58,6 +58,10 @@ _GZIP_DEFAULT_LEVEL = 4
 #: Bytes written between two background flushes of the output to disk.
 _FLUSH_BYTES = 1 << 26
 _LONG_STACK = 1 << 30
+#: Side of the square tiles frames are transposed by: a tile of the source and of the
+#: transposed frame both stay in the CPU cache, where a whole-frame transpose strides
+#: through memory (about twice as slow for 256 x 256 frames).
+_TILE = 64
 
 
 def default_chunks(shape: Sequence[int], itemsize: int, signal_dims: int) -> tuple[int, ...]:
@@ -396,12 +400,11 @@ class EmdWriter:
         """Write each frame as one chunk: transposed to the stored order, filtered here."""
         if self.scan_shape is None:
             self._data.resize(self.frames_written + len(array), axis=self._data.ndim - 1)
-        order = (0, *range(array.ndim - 1, 0, -1))
         if self._staging.shape[0] < len(array):
             # Reused between batches: a fresh buffer would page-fault on every batch.
             self._staging = np.empty((len(array), *reversed(self.signal_shape)), self.dtype)
         staged = self._staging[: len(array)]
-        np.copyto(staged, array.transpose(order), casting="safe")
+        _transpose_frames(staged, array)
         payloads: Any = staged
         if self._executor is not None:
             payloads = self._executor.map(self._filter, staged)
@@ -610,6 +613,27 @@ class EmdWriter:
                 self.close()
         else:
             self.abort()
+
+
+def _transpose_frames(out: npt.NDArray[Any], frames: npt.NDArray[Any]) -> None:
+    """Write each frame of ``frames`` transposed (axes reversed) into ``out``.
+
+    Any byte order and strides (a flipped view, say) are taken: a byte swap, a flip and the
+    transpose happen in the one copy. Two-dimensional frames are copied tile by tile (see
+    :data:`_TILE`), every frame of the batch at once per tile.
+    """
+    order = (0, *range(frames.ndim - 1, 0, -1))
+    if frames.ndim != 3:
+        np.copyto(out, frames.transpose(order), casting="safe")
+        return
+    rows, cols = frames.shape[1:]
+    for row in range(0, rows, _TILE):
+        for col in range(0, cols, _TILE):
+            np.copyto(
+                out[:, col : col + _TILE, row : row + _TILE],
+                frames[:, row : row + _TILE, col : col + _TILE].transpose(order),
+                casting="safe",
+            )
 
 
 class _Aborted(Exception):
