@@ -273,7 +273,14 @@ class EmdWriter:
         self._executor: ThreadPoolExecutor | None = None
         if self._direct and self._level is not None:
             self._executor = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
-        self._staging = np.empty((0, *reversed(self.signal_shape)), self.dtype)
+        # Two staging buffers, reused between batches (a fresh buffer would page-fault on
+        # every batch): without compression, one batch is transposed in a thread into one
+        # buffer while the chunks of the previous batch are written from the other.
+        self._staging = [np.empty((0, *reversed(self.signal_shape)), self.dtype)] * 2
+        self._staged: tuple[int, npt.NDArray[Any]] | None = None
+        self._transposer: ThreadPoolExecutor | None = None
+        if self._direct and self._level is None:
+            self._transposer = ThreadPoolExecutor(max_workers=1)
         self._pending: list[npt.NDArray[Any]] = []
         self._pending_frames = 0
         self._slab_start = 0
@@ -397,20 +404,45 @@ class EmdWriter:
             yield (*zeros, *position)
 
     def _write_chunks(self, array: npt.NDArray[Any]) -> None:
-        """Write each frame as one chunk: transposed to the stored order, filtered here."""
+        """Write each frame as one chunk: transposed to the stored order, filtered here.
+
+        Without compression the chunks of a batch are written during the next call (or at
+        :meth:`close`), while that call's batch is transposed in a thread; ``array`` is no
+        longer read once this returns.
+        """
         if self.scan_shape is None:
             self._data.resize(self.frames_written + len(array), axis=self._data.ndim - 1)
-        if self._staging.shape[0] < len(array):
-            # Reused between batches: a fresh buffer would page-fault on every batch.
-            self._staging = np.empty((len(array), *reversed(self.signal_shape)), self.dtype)
-        staged = self._staging[: len(array)]
-        _transpose_frames(staged, array)
+        buffer = self._staging_buffer(len(array))
+        if self._transposer is None:
+            _transpose_frames(buffer, array)
+            self._write_staged(self.frames_written, buffer)
+            return
+        transposing = self._transposer.submit(_transpose_frames, buffer, array)
+        try:
+            self._write_previous()
+        finally:
+            transposing.result()
+        self._staged = (self.frames_written, buffer)
+
+    def _staging_buffer(self, count: int) -> npt.NDArray[Any]:
+        """Return the staging buffer not holding the previous batch, for ``count`` frames."""
+        index = 1 if self._staged is not None and self._staged[1].base is self._staging[0] else 0
+        if self._staging[index].shape[0] < count:
+            self._staging[index] = np.empty((count, *reversed(self.signal_shape)), self.dtype)
+        return self._staging[index][:count]
+
+    def _write_previous(self) -> None:
+        """Write the chunks of the batch staged by the previous call, if any."""
+        if self._staged is not None:
+            start, staged = self._staged
+            self._staged = None
+            self._write_staged(start, staged)
+
+    def _write_staged(self, start: int, staged: npt.NDArray[Any]) -> None:
         payloads: Any = staged
         if self._executor is not None:
             payloads = self._executor.map(self._filter, staged)
-        for offset, payload in zip(
-            self._stored_offsets(self.frames_written, len(array)), payloads, strict=True
-        ):
+        for offset, payload in zip(self._stored_offsets(start, len(staged)), payloads, strict=True):
             self._data.id.write_direct_chunk(offset, payload)
             self._flush.wrote(len(payload) if isinstance(payload, bytes) else payload.nbytes)
 
@@ -481,6 +513,7 @@ class EmdWriter:
         if self._closed:
             raise ParameterError("the writer is closed", path=self.path)
         try:
+            self._write_previous()
             self._write_slabs(final=True)
             shape, axes = self._finish_shape()
             self._write_dims(shape, axes)
@@ -587,6 +620,9 @@ class EmdWriter:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._transposer is not None:
+            self._transposer.shutdown(wait=True)
+            self._transposer = None
 
     def abort(self) -> None:
         """Discard the file: nothing appears under its final name."""

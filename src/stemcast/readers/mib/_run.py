@@ -303,9 +303,13 @@ class MibRun:
         stop = self.frames if stop is None else stop
         if batch_frames < 1:
             raise ParameterError(f"{batch_frames} is below 1", parameter="batch_frames")
+        # One record buffer for every batch (a fresh one would page-fault each time); the
+        # frames and headers handed out are copies of it.
+        buffer = np.empty(min(batch_frames, max(stop - start, 0)), dtype=self.layout.record_dtype)
         for first in range(start, stop, batch_frames):
-            records = self.read_records(first, min(first + batch_frames, stop))
-            yield FrameBatch(first, self.layout.decode(records["data"]), records["header"])
+            last = min(first + batch_frames, stop)
+            records = self.read_records(first, last, out=buffer[: last - first])
+            yield FrameBatch(first, self.layout.decode(records["data"]), records["header"].copy())
 
     def headers(self, start: int, stop: int) -> npt.NDArray[Any]:
         """Return the raw header bytes of frames ``start:stop``."""
