@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,3 +35,25 @@ class FrameBatch:
     def stop(self) -> int:
         """Index after the last frame."""
         return self.start + len(self.frames)
+
+
+def read_ahead(batches: Iterator[FrameBatch]) -> Iterator[FrameBatch]:
+    """Yield the batches, reading and decoding the next one in a thread meanwhile.
+
+    File reads and numpy release the GIL, so on two cores reading overlaps converting.
+
+    Parameters
+    ----------
+    batches
+        Batches to read, e.g. :meth:`stemcast.readers.mib.MibRun.batches`.
+
+    Yields
+    ------
+    FrameBatch
+        The same batches, in order.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch

@@ -298,9 +298,9 @@ def _mib_scan(source: MibSource) -> ScanShape:
 
 
 def _tvips_scan(source: TvipsSource) -> tuple[ScanShape, npt.NDArray[np.int64] | None]:
-    from stemcast.readers.tvips._api import _auto_scan
+    from stemcast.readers.tvips._api import auto_scan
 
-    found = _auto_scan(source.series)
+    found = auto_scan(source.series)
     return found.scan, found.frames
 
 
@@ -312,11 +312,11 @@ def _shape_stub(shape: tuple[int, ...]) -> npt.NDArray[np.int64]:
 def _mib_signal(source: MibSource, navigation: tuple[int, ...], scan: ScanShape) -> dict[str, Any]:
     """Axes and metadata as :func:`stemcast.readers.mib.file_reader` gives them."""
     from stemcast.readers.mib import MIBProperties
-    from stemcast.readers.mib._api import _signal_dict
+    from stemcast.readers.mib._api import signal_dict
 
     prop = MIBProperties.from_path(source.path)
     stub = _shape_stub((*reversed(navigation), *source.frame_shape))
-    signal = _signal_dict(stub, prop, source.hdr or None, scan, Path(source.path).name)
+    signal = signal_dict(stub, prop, source.hdr or None, scan, Path(source.path).name)
     del signal["data"]
     return signal
 
@@ -325,7 +325,7 @@ def _tvips_signal(
     source: TvipsSource, navigation: tuple[int, ...], scan: ScanShape
 ) -> dict[str, Any]:
     """Axes and metadata as :func:`stemcast.readers.tvips.file_reader` gives them."""
-    from stemcast.readers.tvips._api import _axes, _metadata
+    from stemcast.readers.tvips._api import signal_axes, signal_metadata
     from stemcast.readers.tvips._header import frame_header_from_record
 
     series = source.series
@@ -333,8 +333,8 @@ def _tvips_signal(
     stack = scan.evidence is Evidence.NONE or len(navigation) < 2
     stub = _shape_stub(tuple(reversed(navigation)))
     return {
-        "axes": _axes(series, stub, stack, first),
-        "metadata": _metadata(series, first),
+        "axes": signal_axes(series, stub, stack, first),
+        "metadata": signal_metadata(series, first),
         "original_metadata": {},
     }
 
@@ -411,12 +411,12 @@ def _source_batches(source: Source, start: int, stop: int, step: int) -> Iterato
 
 def _frames(plan: _Plan, step: int) -> Iterator[npt.NDArray[Any]]:
     """Frames of the output positions in raster order, in batches read once each."""
-    from stemcast.writers.blockfile import _prefetched
+    from stemcast.batch import read_ahead
 
     start, stop = _read_span(plan)
     batches = cast(
         Generator[FrameBatch, None, None],
-        _prefetched(_source_batches(plan.source, start, stop, step)),
+        read_ahead(_source_batches(plan.source, start, stop, step)),
     )
     with contextlib.closing(batches):
         if plan.positions is None:
@@ -435,13 +435,11 @@ def _data_range(
     plan: _Plan, step: int, cancelled: Callable[[], bool]
 ) -> tuple[tuple[float, float], int]:
     """Minimum and maximum of the frames to write (the first pass of ``"minmax"``)."""
-    from stemcast.writers.blockfile import _run_range
-
     start, stop = _read_span(plan)
     if isinstance(plan.source, MibSource) and plan.positions is None:
         if cancelled():
             raise Cancelled(f"conversion of {plan.source.path} cancelled")
-        return _run_range(plan.source.run, plan.count, step), plan.count
+        return plan.source.run.value_range(plan.count, batch_frames=step), plan.count
     low, high = np.inf, -np.inf
     for frames in _frames(plan, step):
         if cancelled():
@@ -632,7 +630,7 @@ def _check_space(outputs: Sequence[_Output], frames: npt.NDArray[Any] | None) ->
 
 def _blockfile_header(plan: _Plan) -> dict[str, Any]:
     """Header fields from the run's metadata and axes, as the blockfile writer takes them."""
-    from stemcast.writers.blockfile import _signal_header
+    from stemcast.writers.blockfile import signal_header
 
     axes = sorted(plan.signal["axes"], key=lambda axis: axis.get("index_in_array", 0))
     split = len(axes) - 2
@@ -641,12 +639,12 @@ def _blockfile_header(plan: _Plan) -> dict[str, Any]:
         # numbers, as the reference writer does, without a warning per conversion.
         warnings.simplefilter("ignore", UserWarning)
         try:
-            return _signal_header(plan.signal, axes[:split], axes[split:])
+            return signal_header(plan.signal, axes[:split], axes[split:])
         except ParameterError as error:
             _logger.warning(
                 "%s: %s; the blockfile gets the default calibration", plan.source.path, error
             )
-            return _signal_header({"metadata": plan.signal["metadata"]}, [], [{}])
+            return signal_header({"metadata": plan.signal["metadata"]}, [], [{}])
 
 
 # ------------------------------------------------------------------------------------------

@@ -38,18 +38,17 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
 
 from stemcast._atomic import atomic_path
-from stemcast.batch import FrameBatch
+from stemcast.batch import read_ahead
 from stemcast.errors import ParameterError
 from stemcast.readers.blockfile._header import (
     ASTAR_UNKNOWN1,
@@ -69,9 +68,6 @@ from stemcast.readers.blockfile._header import (
     record_dtype,
     without_bit_depth,
 )
-
-if TYPE_CHECKING:
-    from stemcast.readers.mib import MibRun
 
 __all__ = ["BlockfileWriter", "convert_mib", "file_writer"]
 
@@ -733,7 +729,7 @@ def _metadata_time(general: Mapping[str, Any]) -> float | None:
     return datetime_to_serial(moment)
 
 
-def _signal_header(
+def signal_header(
     signal: Mapping[str, Any], nav_axes: list[Mapping[str, Any]], sig_axes: list[Mapping[str, Any]]
 ) -> dict[str, Any]:
     """Header fields of a signal: its blockfile header if any, metadata, then its axes."""
@@ -861,7 +857,7 @@ def file_writer(
         for index, size in enumerate(data.shape)
     ]
     axes = sorted(axes, key=lambda axis: axis.get("index_in_array", 0))
-    header = _signal_header(signal, axes[:nav_ndim], axes[nav_ndim:])
+    header = signal_header(signal, axes[:nav_ndim], axes[nav_ndim:])
     if navigator is not None and isinstance(navigator, str) and navigator == "navigator":
         navigator = _hyperspy_navigator(signal.get("metadata") or {})
     if scaling == "minmax":
@@ -885,38 +881,6 @@ def file_writer(
         else:
             for start, frames in _slabs(data, _batch_frames(data.shape[-1], dtype)):
                 writer._put(start, np.asarray(frames))
-
-
-def _prefetched(batches: Iterator[FrameBatch]) -> Iterator[FrameBatch]:
-    """Yield the batches, reading and decoding the next one in a thread meanwhile.
-
-    File reads and numpy release the GIL, so on two cores reading overlaps converting.
-    """
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(next, batches, None)
-        while (batch := pending.result()) is not None:
-            pending = pool.submit(next, batches, None)
-            yield batch
-
-
-def _run_range(run: MibRun, count: int, step: int) -> tuple[float, float]:
-    """Minimum and maximum of the first ``count`` frames of a run: the cheap first pass.
-
-    Processed pixels are the stored values in another byte order, so their extremes are read
-    straight from a memory map of each batch (no copy, no decoding); RAW payloads are decoded.
-    """
-    low, high = np.inf, -np.inf
-    for start in range(0, count, step):
-        stop = min(start + step, count)
-        mapped = None if run.layout.raw else run.memmap(start, stop, "r")
-        if mapped is None:
-            (batch,) = run.batches(start, stop, batch_frames=stop - start)
-            values = batch.frames
-        else:
-            values = mapped["data"]
-        low, high = min(low, values.min()), max(high, values.max())
-        del mapped, values
-    return float(low), float(high)
 
 
 def convert_mib(
@@ -995,7 +959,7 @@ def convert_mib(
     if scaling == "dtype":
         _input_range(scaling, layout.dtype, None)
     if scaling == "minmax":
-        scaling = _run_range(run, count, step)
+        scaling = run.value_range(count, batch_frames=step)
     with BlockfileWriter(
         filename,
         shape,
@@ -1006,6 +970,6 @@ def convert_mib(
         show_progressbar=show_progressbar,
         endianess=endianess,
     ) as writer:
-        for batch in _prefetched(run.batches(0, count, batch_frames=step)):
+        for batch in read_ahead(run.batches(0, count, batch_frames=step)):
             writer.write(batch.frames[:, ::-1])
     return writer.path

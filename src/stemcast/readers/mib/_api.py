@@ -577,7 +577,7 @@ def file_reader(
             print_info=print_info,
         )
         data = _squeeze(data[..., ::-1, :])
-    return [_signal_dict(data, prop, hdr, scan, Path(filename).name)]
+    return [signal_dict(data, prop, hdr, scan, Path(filename).name)]
 
 
 def _load_oriented(
@@ -603,7 +603,7 @@ def _load_oriented(
     return lazy_frames(FrameSource(prop.run, first, nav, flip_rows=True), chunks).squeeze()
 
 
-def _signal_dict(
+def signal_dict(
     data: Any, prop: MIBProperties, hdr: dict[str, str] | None, scan: ScanShape, name: str
 ) -> dict[str, Any]:
     axes = [

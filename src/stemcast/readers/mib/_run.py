@@ -311,6 +311,38 @@ class MibRun:
             records = self.read_records(first, last, out=buffer[: last - first])
             yield FrameBatch(first, self.layout.decode(records["data"]), records["header"].copy())
 
+    def value_range(self, count: int, *, batch_frames: int = 64) -> tuple[float, float]:
+        """Return the minimum and maximum of the first ``count`` frames: a cheap first pass.
+
+        Processed pixels are the stored values in another byte order, so their extremes are
+        read straight from a memory map of each batch (no copy, no decoding); RAW payloads
+        are decoded.
+
+        Parameters
+        ----------
+        count
+            Frames to look at, from the first.
+        batch_frames
+            Frames mapped or decoded at a time.
+
+        Returns
+        -------
+        tuple of float
+            ``(minimum, maximum)`` pixel value.
+        """
+        low, high = np.inf, -np.inf
+        for start in range(0, count, batch_frames):
+            stop = min(start + batch_frames, count)
+            mapped = None if self.layout.raw else self.memmap(start, stop, "r")
+            if mapped is None:
+                (batch,) = self.batches(start, stop, batch_frames=stop - start)
+                values = batch.frames
+            else:
+                values = mapped["data"]
+            low, high = min(low, values.min()), max(high, values.max())
+            del mapped, values
+        return float(low), float(high)
+
     def headers(self, start: int, stop: int) -> npt.NDArray[Any]:
         """Return the raw header bytes of frames ``start:stop``."""
         mapped = self.memmap(start, stop, "r")

@@ -138,7 +138,7 @@ def _scan_grid(
         )
         return user, np.arange(start, start + total, dtype=np.int64).reshape(scan_shape)
     if scan_shape == "auto":
-        found = _auto_scan(series)
+        found = auto_scan(series)
         if found.frames is not None:
             return found.scan, found.frames
         warnings.warn(
@@ -152,7 +152,7 @@ def _scan_grid(
     return stack, np.arange(frames, dtype=np.int64)
 
 
-def _auto_scan(series: TvipsSeries) -> ScanGrid:
+def auto_scan(series: TvipsSeries) -> ScanGrid:
     """``scan_shape="auto"``: the scan the rotator index of the frame headers shows."""
     headers = series.headers()
     names = headers.dtype.names or ()
@@ -185,7 +185,7 @@ def _time_axis(series: TvipsSeries, size: int) -> dict[str, Any]:
     }
 
 
-def _axes(
+def signal_axes(
     series: TvipsSeries, grid: npt.NDArray[np.int64], stack: bool, first: FrameHeader
 ) -> list[dict[str, Any]]:
     main = series.main_header
@@ -226,7 +226,7 @@ def _axes(
     return axes
 
 
-def _metadata(series: TvipsSeries, first: FrameHeader) -> dict[str, Any]:
+def signal_metadata(series: TvipsSeries, first: FrameHeader) -> dict[str, Any]:
     main = series.main_header
     moment = first.utc
     time = moment.strftime("%H:%M:%S") + (f".{first.ms:03d}" if first.ms else "")
@@ -358,8 +358,8 @@ def file_reader(
     return [
         {
             "data": data,
-            "axes": _axes(series, grid, stack, first),
-            "metadata": _metadata(series, first),
+            "axes": signal_axes(series, grid, stack, first),
+            "metadata": signal_metadata(series, first),
             "original_metadata": original,
             "mapping": {},
         }
