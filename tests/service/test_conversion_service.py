@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -278,8 +279,13 @@ def test_a_conversion_killed_midway_leaves_no_output_and_completes_after_restart
     running(first, job["id"])
     first.process.send_signal(signal.SIGKILL)
     assert first.process.wait(10) == -signal.SIGKILL
-    # Only the temporary file of the killed process, never the final name.
-    assert os.listdir(tmp_path / "out" / "camera") == [f".killed.emd.{first.process.pid}.partial"]
+    # Only the temporary file of the killed service's conversion process, never the final
+    # name; that process dies with the service, so nothing renames an output later.
+    [partial] = os.listdir(tmp_path / "out" / "camera")
+    match = re.fullmatch(r"\.killed\.emd\.(\d+)\.partial", partial)
+    assert match is not None, partial
+    wait_until(lambda: Path(f"/proc/{match[1]}").exists(), lambda alive: not alive, 10)
+    assert os.listdir(tmp_path / "out" / "camera") == [partial]
     second = daemon(*flags)
     drains(second)
     done = converted(second, run_id, timeout_s=60)

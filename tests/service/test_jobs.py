@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -311,3 +312,45 @@ def test_requests_are_checked_before_a_job_is_recorded(
             await jobs.stop()
 
     run(without_output)
+
+
+def conversion_processes() -> list[int]:
+    """Process ids of the spawned workers among this process's children."""
+    children = [
+        int(pid)
+        for task in Path("/proc/self/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    return [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_a_crashed_conversion_process_fails_its_job_and_the_next_job_runs(
+    manager: Callable[..., Awaitable[JobManager]], camera: Path, tmp_path: Path
+) -> None:
+    crashing = big_run(camera, "crashing")
+    after = small_run(camera, "after")
+
+    async def main() -> None:
+        jobs = await manager()
+        job, _ = await jobs.request(crashing, "emd", SLOW, relative_to=camera)
+        await until(
+            finished(jobs, job["id"]),
+            lambda row: row["status"] == "running" and row["frames_done"] > 0,
+        )
+        # What HDF5 does to a process on some write errors: a segmentation fault.
+        workers = conversion_processes()
+        assert workers
+        for pid in workers:
+            os.kill(pid, signal.SIGSEGV)
+        failed = await until(finished(jobs, job["id"]), ended)
+        assert failed["status"] == "failed"
+        assert "conversion process ended without finishing" in failed["error"]
+        assert failed["outputs"] == {}
+        assert not (tmp_path / "out" / "camera" / "crashing.emd").exists()
+        # The service goes on: a new pool converts the next job.
+        next_job, _ = await jobs.request(after, "emd", None, relative_to=camera)
+        assert (await until(finished(jobs, next_job["id"]), ended))["status"] == "done"
+        await jobs.stop()
+
+    run(main)

@@ -11,10 +11,10 @@ scan shape and mirrored folder are the same: the second request gets the first j
 instead of a new one, unless that job failed or was cancelled, or it is done but one of its
 outputs has since gone.
 
-Conversions run in a thread pool of ``convert_workers`` threads (they block on file I/O and
-release the GIL in numpy, h5py and the writers), or, with a ``scheduler``, as one
-dask.distributed task per job. The pool is the service's own, so long conversions never take
-the threads the run followers read with.
+Conversions run in a pool of ``convert_workers`` worker processes
+(:mod:`stemcast.service.worker`: a crash fails the job, not the service, and a conversion
+never holds the lock the run followers need), or, with a ``scheduler``, as one
+dask.distributed task per job.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from stemcast.errors import FormatError, ParameterError, StemcastError
@@ -38,6 +38,7 @@ from stemcast.service.config import ServiceSettings
 from stemcast.service.metrics import Metrics
 from stemcast.service.registry import Registry
 from stemcast.service.tail import NotReady, open_source
+from stemcast.service.worker import JobControl, WorkerDied, convert_in_worker, worker_pool
 
 __all__ = ["JobConflict", "JobManager"]
 
@@ -51,17 +52,6 @@ _SCHEDULER_TIMEOUT_S = 10
 
 class JobConflict(StemcastError):
     """A job cannot do what was asked in its state (cancel a job that has ended)."""
-
-
-class _Progress:
-    """Frames converted so far, set from the converting thread, read from the event loop."""
-
-    def __init__(self) -> None:
-        self.done = 0
-        self.total: int | None = None
-
-    def __call__(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
 
 
 class JobManager:
@@ -89,7 +79,7 @@ class JobManager:
         self._cancelled: set[str] = set()
         self._progress: dict[str, tuple[int, int | None]] = {}
         self._stopping = False
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ProcessPoolExecutor | None = None
         self._client: Any = None
 
     async def start(self) -> None:
@@ -107,9 +97,7 @@ class JobManager:
         if self.settings.scheduler:
             self._client = await _connect(self.settings.scheduler)
         else:
-            self._executor = ThreadPoolExecutor(
-                self.settings.convert_workers, thread_name_prefix="stemcast-convert"
-            )
+            self._executor = worker_pool(self.settings.convert_workers)
         for job in self.registry.unfinished_jobs():
             if job["status"] == "running":
                 self.registry.update_job(job["id"], status="queued")
@@ -326,26 +314,43 @@ class JobManager:
             self.metrics.conversion_finished(target, job["status"], seconds, written)
 
     async def _convert_here(self, job: dict[str, Any], flag: threading.Event) -> dict[str, Any]:
-        from stemcast.service.convert import convert_run
+        from stemcast.service.convert import Cancelled
 
-        progress = _Progress()
-        call = partial(
-            convert_run,
-            job["source"],
-            job["targets"],
-            job["output_dir"],
-            options=job["options"],
-            navigation_shape=_shape_tuple(job["navigation_shape"]),
-            relative_to=job["relative_to"],
-            progress=progress,
-            cancelled=flag.is_set,
-        )
-        running = asyncio.get_running_loop().run_in_executor(self._executor, call)
-        while True:
-            finished, _ = await asyncio.wait({running}, timeout=_PROGRESS_INTERVAL_S)
-            self._record_progress(job["id"], progress.done, progress.total)
-            if finished:
-                return running.result().as_dict()
+        assert self._executor is not None
+        control = JobControl()
+        try:
+            running = asyncio.wrap_future(
+                self._executor.submit(
+                    convert_in_worker,
+                    str(control.folder),
+                    job["source"],
+                    job["targets"],
+                    job["output_dir"],
+                    options=job["options"],
+                    navigation_shape=_shape_tuple(job["navigation_shape"]),
+                    relative_to=job["relative_to"],
+                )
+            )
+            while True:
+                finished, _ = await asyncio.wait({running}, timeout=_PROGRESS_INTERVAL_S)
+                if flag.is_set():
+                    control.cancel()
+                self._record_progress(job["id"], *control.progress())
+                if finished:
+                    return running.result()
+        except BrokenProcessPool:
+            # The pool is unusable once one of its processes died: start a new one.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = worker_pool(self.settings.convert_workers)
+            if flag.is_set() and self._stopping:
+                raise Cancelled("the service stopped") from None
+            raise WorkerDied(
+                "the conversion process ended without finishing (it crashed or was killed): "
+                "nothing appeared under an output's name",
+                path=job["source"],
+            ) from None
+        finally:
+            control.close()
 
     async def _convert_on_cluster(
         self, job: dict[str, Any], flag: threading.Event
