@@ -78,6 +78,7 @@ __all__ = [
     "output_paths",
     "parse_targets",
     "run_source",
+    "throttled",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -808,6 +809,33 @@ def convert_run(
     )
 
 
+def throttled(report: Callable[[int, int], None], interval_s: float) -> Callable[[int, int], None]:
+    """Wrap a progress report so that it runs at most every ``interval_s``, and at the end.
+
+    Parameters
+    ----------
+    report
+        Called with ``(frames_done, frames_total)``; a costly call (a file, a scheduler).
+    interval_s
+        Least time between two calls, but for the last one (``done >= total``).
+
+    Returns
+    -------
+    callable
+        A ``progress`` callback for :func:`convert_run`.
+    """
+    reported = -math.inf
+
+    def progress(done: int, total: int) -> None:
+        nonlocal reported
+        now = time.monotonic()
+        if done >= total or now - reported >= interval_s:
+            reported = now
+            report(done, total)
+
+    return progress
+
+
 def convert_on_worker(
     job_id: str,
     source: str,
@@ -846,7 +874,7 @@ def convert_on_worker(
 
     event = Event(f"stemcast-cancel-{job_id}")  # type: ignore[no-untyped-call]
     variable = Variable(f"stemcast-progress-{job_id}")  # type: ignore[no-untyped-call]
-    looked = reported = -math.inf
+    looked = -math.inf
     stop = False
 
     def cancelled() -> bool:
@@ -857,12 +885,8 @@ def convert_on_worker(
             stop = bool(event.is_set())  # type: ignore[no-untyped-call]
         return stop
 
-    def progress(done: int, total: int) -> None:
-        nonlocal reported
-        now = time.monotonic()
-        if done >= total or now - reported >= _WORKER_POLL_S:
-            reported = now
-            variable.set({"frames_done": done, "frames_total": total})  # type: ignore[no-untyped-call]
+    def report(done: int, total: int) -> None:
+        variable.set({"frames_done": done, "frames_total": total})  # type: ignore[no-untyped-call]
 
     result = convert_run(
         source,
@@ -871,7 +895,7 @@ def convert_on_worker(
         options=options,
         navigation_shape=navigation_shape,
         relative_to=relative_to,
-        progress=progress,
+        progress=throttled(report, _WORKER_POLL_S),
         cancelled=cancelled,
     )
     return result.as_dict()

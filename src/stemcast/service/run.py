@@ -269,7 +269,6 @@ class RunFollower:
         ]
         await self.publisher.frames(self.state, batch, per_frame)
         self.published = batch.stop
-        self._report_lag()
         now = time.monotonic()
         if self.registry is not None and now - self._recorded_at >= _RECORD_INTERVAL_S:
             self.registry.update_run(self.state.series, frames=self.published)

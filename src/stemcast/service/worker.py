@@ -23,7 +23,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -123,20 +122,15 @@ def convert_in_worker(
     dict
         :meth:`stemcast.service.convert.Converted.as_dict` of the result.
     """
-    from stemcast.service.convert import convert_run
+    from stemcast.service.convert import convert_run, throttled
 
     folder = Path(control)
     cancel = folder / "cancel"
-    reported = float("-inf")
 
-    def progress(done: int, total: int) -> None:
-        nonlocal reported
-        now = time.monotonic()
-        if now - reported >= _PROGRESS_INTERVAL_S or done == total:
-            reported = now
-            staged = folder / "progress.new"
-            staged.write_text(f"{done} {total}")
-            os.replace(staged, folder / "progress")
+    def report(done: int, total: int) -> None:
+        staged = folder / "progress.new"
+        staged.write_text(f"{done} {total}")
+        os.replace(staged, folder / "progress")
 
     result = convert_run(
         source,
@@ -145,7 +139,7 @@ def convert_in_worker(
         options=options,
         navigation_shape=navigation_shape,
         relative_to=relative_to,
-        progress=progress,
+        progress=throttled(report, _PROGRESS_INTERVAL_S),
         cancelled=cancel.exists,
     )
     return result.as_dict()

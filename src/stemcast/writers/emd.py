@@ -278,6 +278,7 @@ class EmdWriter:
         # buffer while the chunks of the previous batch are written from the other.
         self._staging = [np.empty((0, *reversed(self.signal_shape)), self.dtype)] * 2
         self._staged: tuple[int, npt.NDArray[Any]] | None = None
+        self._next_staging = 0
         self._transposer: ThreadPoolExecutor | None = None
         if self._direct and self._level is None:
             self._transposer = ThreadPoolExecutor(max_workers=1)
@@ -426,7 +427,8 @@ class EmdWriter:
 
     def _staging_buffer(self, count: int) -> npt.NDArray[Any]:
         """Return the staging buffer not holding the previous batch, for ``count`` frames."""
-        index = 1 if self._staged is not None and self._staged[1].base is self._staging[0] else 0
+        index = self._next_staging
+        self._next_staging ^= 1
         if self._staging[index].shape[0] < count:
             self._staging[index] = np.empty((count, *reversed(self.signal_shape)), self.dtype)
         return self._staging[index][:count]
