@@ -796,8 +796,10 @@ def convert_run(
             output.commit()
     except BaseException:
         for output in outputs:
-            with contextlib.suppress(Exception):
+            try:
                 output.drop()
+            except Exception as error:  # the first error is the one to raise; say this one
+                _logger.error("%s: could not remove this output: %s", output.path, error)
         raise
     frames_read += stop - start
     return Converted(

@@ -387,8 +387,10 @@ class JobManager:
                     return waiting.result()
         finally:
             waiting.cancel()
-            with contextlib.suppress(Exception):
+            try:
                 progress.delete()
+            except Exception as error:  # the scheduler may be gone; the job's result stands
+                _logger.warning("job %s: could not delete its progress variable: %s", job_id, error)
 
     def _record_progress(self, job_id: str, done: int, total: int | None) -> None:
         if self._progress.get(job_id) != (done, total):
