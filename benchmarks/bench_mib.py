@@ -7,7 +7,9 @@ bright-field image, ``data.sum(axis=(-2, -1))`` computed to a numpy array) of
   (eager and lazy) and LiberTEM, against the limit: the same bytes summed from the page
   cache (``np.memmap(file, uint64).sum()``);
 * a RAW (``R64``) 1-bit file, read by stemcast (eager and lazy) and LiberTEM, against its
-  own limit (RosettaSciIO cannot read RAW).
+  own limit (RosettaSciIO cannot read RAW), and against the floor of any reader that returns
+  decoded pixels: writing and summing once, without decoding, the 8 ``uint8`` pixels each
+  stored byte becomes.
 
 Every timed call goes from the file path to the numpy VBF image (opening the file, parsing
 the headers, creating the dataset included), as a user would write it. All methods must give
@@ -31,9 +33,11 @@ import math
 import os
 import statistics
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +160,32 @@ def warm(path: Path) -> None:
 def limit(path: Path) -> np.ndarray:
     """The same bytes summed from the page cache: the memory-bandwidth bound of any reader."""
     return np.asarray(np.memmap(path, dtype=np.uint64, mode="r").sum())
+
+
+def decoded_floor(path: Path) -> None:
+    """Write and sum, once, as many ``uint8`` pixels as the 1-bit RAW file decodes to.
+
+    No decoding at all: every thread fills and sums its own cache-resident 16 MiB buffer
+    (rows summed in ``uint16``, exact, then frames). Any reader that hands the user decoded
+    pixels, and the user's sum over them, do at least this much work.
+    """
+    frames = path.stat().st_size // RECORD_1RAW
+    frame_pixels = FRAME[0] * FRAME[1]
+    per_block = 2**24 // frame_pixels
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    buffers = threading.local()
+
+    def block(start: int) -> None:
+        count = min(per_block, frames - start)
+        if not hasattr(buffers, "pixels"):
+            buffers.pixels = np.empty((per_block, *FRAME), dtype=np.uint8)
+        pixels = buffers.pixels[:count]
+        pixels.fill(1)
+        rows = np.add.reduce(pixels, axis=2, dtype=np.uint16)
+        np.add.reduce(rows, axis=1, dtype=np.uint32)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(block, range(0, frames, per_block)))
 
 
 def stemcast_eager(path: Path) -> np.ndarray:
@@ -354,10 +384,13 @@ def bench_file(
     cpus: int,
     repeat: int,
     limit_target: float,
+    floors: tuple[tuple[str, Any], ...] = (),
 ) -> None:
     warm(path)
     print(f"\n{title}: timing (median of {repeat}, warm page cache)", flush=True)
     rows = [run_method("limit: memmap uint64 sum", lambda: limit(path), repeat)]
+    for name, floor in floors:
+        rows.append(run_method(name, functools.partial(floor, path), repeat))
     for name, method in methods:
         rows.append(run_method(name, functools.partial(method, path), repeat))
     lt_rows, best = libertem_rows(executors, cpus, path, nav, repeat)
@@ -452,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             cpus or 1,
             args.repeat,
             3.0,
+            floors=(("floor: write + sum decoded pixels", decoded_floor),),
         )
     return 0
 

@@ -451,3 +451,33 @@ def test_parse_hdr_file_matches_reference(merlin_dir: Path, name: str) -> None:
     mine = ours.parse_hdr_file(hdr)
     assert mine == theirs
     assert "Frames in Acquisition (Number)" in mine
+
+
+# --------------------------------------------------------------------------------------------
+# Reductions of the returned arrays (fast exact sums; threads forced on these small files)
+
+
+@pytest.mark.parametrize("name", REGULAR)
+@pytest.mark.parametrize("lazy", [False, True])
+def test_virtual_image_and_mean_pattern_match_reference(
+    merlin_dir: Path, name: str, lazy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stemcast.readers import _frame_sums
+
+    monkeypatch.setattr(_frame_sums, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(_frame_sums, "_cores", lambda: 2)
+    theirs = ref_read(merlin_dir / name, lazy=lazy)["data"]
+    mine = our_read(merlin_dir / name, lazy=lazy)["data"]
+    if not lazy:
+        assert isinstance(mine, _frame_sums.FrameMemmap)
+    signal = (-2, -1)
+    navigation = tuple(range(mine.ndim - 2))
+    for reduce in (
+        lambda data: data.sum(axis=signal),
+        lambda data: data.sum(axis=navigation),
+        lambda data: data.mean(axis=navigation),
+        lambda data: data.sum(),
+    ):
+        expected = np.asarray(da.compute(reduce(theirs))[0])
+        result = np.asarray(da.compute(reduce(mine))[0])
+        np.testing.assert_array_equal(result, expected, strict=True)

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import ParameterError
+from stemcast.readers._frame_sums import as_frames
 from stemcast.readers._mmap import resolve_mmap_mode
 from stemcast.readers.mib._header import FrameHeader
 from stemcast.readers.mib._layout import MibLayout
@@ -409,7 +410,7 @@ def load_mib_data(
             mapped = run.read_records(first, first + count)
         return _shape_output(mapped, layout, nav, return_headers, True)
     if not lazy:
-        return _squeeze(read_frames(run, first, nav))
+        return as_frames(_squeeze(read_frames(run, first, nav)))
     return lazy_frames(FrameSource(run, first, nav), chunks).squeeze()
 
 
@@ -425,6 +426,7 @@ def _shape_output(
     data = data.reshape(*nav, *layout.frame_shape)
     if not return_mmap:
         data = _squeeze(data)
+    data = as_frames(data)
     if return_headers:
         return data, records["header"].reshape(nav)
     return data
@@ -576,7 +578,7 @@ def file_reader(
             mib_prop=prop,
             print_info=print_info,
         )
-        data = _squeeze(data[..., ::-1, :])
+        data = as_frames(_squeeze(data[..., ::-1, :]))
     return [signal_dict(data, prop, hdr, scan, Path(filename).name)]
 
 
@@ -599,7 +601,7 @@ def _load_oriented(
         print(_describe(prop, first, nav))
     assert prop.run is not None
     if not lazy:
-        return _squeeze(read_frames(prop.run, first, nav, flip_rows=True))
+        return as_frames(_squeeze(read_frames(prop.run, first, nav, flip_rows=True)))
     return lazy_frames(FrameSource(prop.run, first, nav, flip_rows=True), chunks).squeeze()
 
 

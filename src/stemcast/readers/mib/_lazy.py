@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stemcast.readers._frame_sums import FrameChunk
 from stemcast.readers.mib._run import MibRun, check_headers
 
 
@@ -56,7 +57,11 @@ class FrameSource:
         return len(self.shape)
 
     def __getitem__(self, key: tuple[slice, ...]) -> npt.NDArray[Any]:
-        """Read and decode the block ``key`` (a tuple of step-1 slices, one per axis)."""
+        """Read and decode the block ``key`` (a tuple of step-1 slices, one per axis).
+
+        The block is a :class:`~stemcast.readers._frame_sums.FrameChunk`: its sums over whole
+        frames (what dask asks of each block for a virtual image) take the fast exact path.
+        """
         nav_ndim = len(self.nav_shape)
         ranges = [key[axis].indices(self.shape[axis]) for axis in range(nav_ndim)]
         if nav_ndim == 0:
@@ -81,7 +86,8 @@ class FrameSource:
         signal: tuple[Any, ...] = (Ellipsis, *key[nav_ndim:])
         if any(part != slice(None) for part in signal[1:]):
             frames = frames[signal]
-        return np.ascontiguousarray(frames)
+        chunk: npt.NDArray[Any] = np.ascontiguousarray(frames).view(FrameChunk)
+        return chunk
 
 
 def read_frames(
