@@ -3,13 +3,14 @@
 Times, on a warm page cache, the sum over the signal axes of every frame (the virtual
 bright-field image, ``data.sum(axis=(-2, -1))`` computed to a numpy array) of
 
-* a 12-bit processed 256x256 Merlin file, read by stemcast (eager and lazy), RosettaSciIO
+* a 12-bit processed 256x256 Merlin file, read by stemcast (eager, lazy, and its
+  ``virtual_image``, which sums the frames without keeping them), RosettaSciIO
   (eager and lazy) and LiberTEM, against the limit: the same bytes summed from the page
   cache (``np.memmap(file, uint64).sum()``);
-* a RAW (``R64``) 1-bit file, read by stemcast (eager and lazy) and LiberTEM, against its
-  own limit (RosettaSciIO cannot read RAW), and against the floor of any reader that returns
-  decoded pixels: writing and summing once, without decoding, the 8 ``uint8`` pixels each
-  stored byte becomes.
+* a RAW (``R64``) 1-bit file, read by stemcast (eager, lazy, ``virtual_image``) and
+  LiberTEM, against its own limit (RosettaSciIO cannot read RAW), and against the floor of
+  any reader that returns decoded pixels: writing and summing once, without decoding, the 8
+  ``uint8`` pixels each stored byte becomes.
 
 Every timed call goes from the file path to the numpy VBF image (opening the file, parsing
 the headers, creating the dataset included), as a user would write it. All methods must give
@@ -46,6 +47,7 @@ import numpy as np
 
 from machine import describe_machine
 from stemcast.readers.mib import file_reader as stemcast_reader
+from stemcast.readers.mib import virtual_image
 from stemcast.writers.mib import MibWriter
 
 FRAME = (256, 256)
@@ -196,6 +198,10 @@ def stemcast_eager(path: Path) -> np.ndarray:
 def stemcast_lazy(path: Path) -> np.ndarray:
     data = stemcast_reader(path, lazy=True)[0]["data"]
     return np.asarray(data.sum(axis=(-2, -1)).compute())
+
+
+def stemcast_virtual_image(path: Path) -> np.ndarray:
+    return np.asarray(virtual_image(path))
 
 
 def rsciio_eager(path: Path) -> np.ndarray:
@@ -423,6 +429,7 @@ def targets(rows: list[Row], limit_name: str, ref_name: str | None, limit_target
 READERS = [
     ("stemcast eager", stemcast_eager),
     ("stemcast lazy", stemcast_lazy),
+    ("stemcast virtual_image", stemcast_virtual_image),
     ("rosettasciio eager", rsciio_eager),
     ("rosettasciio lazy", rsciio_lazy),
 ]

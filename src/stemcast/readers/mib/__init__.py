@@ -9,6 +9,7 @@ from stemcast.readers.mib._api import (
     parse_timestamps,
     scan_shape_of,
     timestamps_ns,
+    virtual_image,
 )
 from stemcast.readers.mib._header import FrameHeader, parse_frame_header, parse_hdr_text
 from stemcast.readers.mib._layout import MibLayout
@@ -28,4 +29,5 @@ __all__ = [
     "parse_timestamps",
     "scan_shape_of",
     "timestamps_ns",
+    "virtual_image",
 ]

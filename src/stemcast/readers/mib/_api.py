@@ -26,6 +26,7 @@ from stemcast.readers.mib._run import (
     header_from_buffer,
     read_hdr,
 )
+from stemcast.readers.mib._virtual import frame_totals
 from stemcast.shape import ScanShape, complete_lines, infer_scan_shape
 
 _logger = logging.getLogger(__name__)
@@ -556,15 +557,7 @@ def file_reader(
     ``original_metadata["scan_shape"]``.
     """
     del distributed
-    if navigation_shape is not None:
-        _user_shape(navigation_shape)
-    prop = MIBProperties.from_path(filename)
-    hdr_path = find_hdr(filename)
-    hdr = read_hdr(hdr_path) if hdr_path is not None else None
-    if hdr is None:
-        _logger.warning("`hdr` file couldn't be found.")
-    scan = scan_shape_of(prop, hdr, navigation_shape)
-    nav_arg = scan.shape if len(scan.shape) > 1 or navigation_shape is not None else None
+    prop, hdr, scan, nav_arg = _open_run(filename, navigation_shape)
     mode = resolve_mmap_mode(mmap_mode, lazy)
     if lazy or prop._layout().raw or (prop.run is not None and len(prop.run.segments) > 1):
         data = _load_oriented(prop, lazy, chunks, nav_arg, first_frame, last_frame, print_info)
@@ -592,6 +585,37 @@ def _load_oriented(
     print_info: bool,
 ) -> Any:
     """Return decoded (native-endian) frames, flipped as ``file_reader`` returns them."""
+    first, nav = _select_frames(prop, navigation_shape, first_frame, last_frame, print_info)
+    assert prop.run is not None
+    if not lazy:
+        return as_frames(_squeeze(read_frames(prop.run, first, nav, flip_rows=True)))
+    return lazy_frames(FrameSource(prop.run, first, nav, flip_rows=True), chunks).squeeze()
+
+
+def _open_run(
+    filename: str | os.PathLike[str], navigation_shape: Sequence[int] | None
+) -> tuple[MIBProperties, dict[str, str] | None, ScanShape, tuple[int, ...] | None]:
+    """Properties, ``.hdr`` entries, scan shape, and the navigation shape to load with."""
+    if navigation_shape is not None:
+        _user_shape(navigation_shape)
+    prop = MIBProperties.from_path(filename)
+    hdr_path = find_hdr(filename)
+    hdr = read_hdr(hdr_path) if hdr_path is not None else None
+    if hdr is None:
+        _logger.warning("`hdr` file couldn't be found.")
+    scan = scan_shape_of(prop, hdr, navigation_shape)
+    nav_arg = scan.shape if len(scan.shape) > 1 or navigation_shape is not None else None
+    return prop, hdr, scan, nav_arg
+
+
+def _select_frames(
+    prop: MIBProperties,
+    navigation_shape: Sequence[int] | None,
+    first_frame: int | None,
+    last_frame: int | None,
+    print_info: bool,
+) -> tuple[int, tuple[int, ...]]:
+    """First frame and navigation shape (array order) of a selection; records them in ``prop``."""
     frames_in_file = prop.frame_number_in_file or 0
     first, n_load = _frame_range(first_frame, last_frame, frames_in_file, prop.path)
     nav = _navigation(navigation_shape, first, n_load, frames_in_file)
@@ -599,10 +623,56 @@ def _load_oriented(
     prop.xy = int(np.prod(nav, dtype=np.int64))
     if print_info:
         print(_describe(prop, first, nav))
+    return first, nav
+
+
+def virtual_image(
+    filename: str | os.PathLike[str],
+    mask: npt.ArrayLike | None = None,
+    navigation_shape: Sequence[int] | None = None,
+    first_frame: int | None = None,
+    last_frame: int | None = None,
+) -> npt.NDArray[np.uint64]:
+    """Sum every frame of a Merlin run over a virtual detector, without loading the frames.
+
+    The result equals ``file_reader(filename, ...)[0]["data"]`` summed over its signal axes
+    under ``mask`` (``(data * mask).sum(axis=(-2, -1))``), for the same navigation shape, but
+    no frame is kept in memory: 1-bit RAW frames are not even unpacked (each total is a
+    population count of the stored words under the mask), and the other kinds are summed block
+    by block on every core.
+
+    Parameters
+    ----------
+    filename : str, pathlib.Path
+        Any ``.mib`` file of the run (a run split over several files is read whole).
+    mask : array-like of bool, optional
+        The detector: a boolean array of the frame shape, in the orientation ``file_reader``
+        returns (rows flipped with respect to the file). ``None`` (default) sums every pixel.
+    navigation_shape : tuple or None, default=None
+        As for :func:`file_reader`: ``(x, y)``, or inferred from the metadata.
+    first_frame, last_frame : int or None, default=None
+        As for :func:`file_reader`: Python indexing, negative values count from the end.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint64`` totals with the navigation shape of :func:`file_reader` (``(y, x)`` for a
+        scan).
+
+    Raises
+    ------
+    stemcast.errors.ParameterError
+        If the mask does not have the frame shape or is not boolean, or the selection is
+        invalid.
+    stemcast.errors.FormatError
+        If the file is not a valid Merlin file.
+    """
+    prop, _, _, nav_arg = _open_run(filename, navigation_shape)
+    first, nav = _select_frames(prop, nav_arg, first_frame, last_frame, print_info=False)
     assert prop.run is not None
-    if not lazy:
-        return as_frames(_squeeze(read_frames(prop.run, first, nav, flip_rows=True)))
-    return lazy_frames(FrameSource(prop.run, first, nav, flip_rows=True), chunks).squeeze()
+    totals = frame_totals(prop.run, first, int(np.prod(nav, dtype=np.int64)), mask)
+    image: npt.NDArray[np.uint64] = _squeeze(totals.reshape(nav))
+    return image
 
 
 def signal_dict(

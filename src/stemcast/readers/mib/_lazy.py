@@ -9,6 +9,7 @@ size, and tasks run on any worker that sees the files.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +72,7 @@ class FrameSource:
             lasts = [max(stop - 1, start) for start, stop, _ in ranges]
             lo = self.first + int(np.ravel_multi_index(starts, self.nav_shape))
             hi = self.first + int(np.ravel_multi_index(lasts, self.nav_shape)) + 1
-        records = _records(self.run, lo, hi)
+        records = block_records(self.run, lo, hi)
         # Decoded straight into the flipped orientation: one pass, and a C-ordered result.
         frames = self.run.layout.decode(records["data"], flip_rows=self.flip_rows)
         if nav_ndim == 0:
@@ -120,17 +121,35 @@ def read_frames(
     out = np.empty((count, *layout.frame_shape), dtype=layout.dtype)
     step = max(1, _AUTO_CHUNK_BYTES // max(layout.bytes_per_frame_decoded, 1))
 
-    def decode(start: int) -> None:
-        stop = min(start + step, count)
-        records = _records(run, first + start, first + stop)
+    def decode(start: int, stop: int) -> None:
+        records = block_records(run, first + start, first + stop)
         layout.decode(records["data"], out=out[start:stop], flip_rows=flip_rows)
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(decode, range(0, count, step)))
+    in_blocks(count, step, decode)
     return out.reshape(*nav_shape, *layout.frame_shape)
 
 
-def _records(run: MibRun, lo: int, hi: int) -> npt.NDArray[Any]:
+def in_blocks(count: int, per_block: int, work: Callable[[int, int], None]) -> None:
+    """Call ``work(start, stop)`` for consecutive blocks of ``range(count)``, one thread per core.
+
+    Parameters
+    ----------
+    count
+        Number of items.
+    per_block
+        Items per block (the last block may be shorter).
+    work
+        Called once per block, from a pool thread; it should release the GIL (numpy does).
+    """
+
+    def run_block(start: int) -> None:
+        work(start, min(start + per_block, count))
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(run_block, range(0, count, max(per_block, 1))))
+
+
+def block_records(run: MibRun, lo: int, hi: int) -> npt.NDArray[Any]:
     """Return records ``lo:hi``, header-checked, without copying them when possible.
 
     When they lie in one file they are a read-only map of the page cache (decoding then copies
