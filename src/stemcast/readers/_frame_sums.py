@@ -76,9 +76,10 @@ class _FrameSums(np.ndarray[Any, np.dtype[Any]]):
     ) -> Any:
         """Sum of the elements over the given axes, as :meth:`numpy.ndarray.sum`."""
         if out is None and not kwargs:
-            result = _fast_sum(self, _axes(self, axis), dtype, self._parallel)
+            axes = _axes(self, axis)
+            result = _fast_sum(self, axes, dtype, self._parallel)
             if result is not None:
-                return _finish(result, _axes(self, axis), keepdims)
+                return _finish(result, axes, keepdims)
         return np.ndarray.sum(
             self.view(np.ndarray), axis=axis, dtype=dtype, out=out, keepdims=keepdims, **kwargs
         )
