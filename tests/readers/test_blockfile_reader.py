@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from reductions import assert_same_reductions, force_threads
 
 from conftest import shared_file
 from stemcast.errors import ParameterError
+from stemcast.readers._frame_sums import FrameMemmap
 from stemcast.readers.blockfile import file_reader, read_header, read_navigator
 from stemcast.readers.blockfile._header import FIELD_NAMES, format_header
 from stemcast.writers.blockfile import file_writer
@@ -90,6 +92,17 @@ def test_lazy_read_equals_eager_and_pickles_small(test2: Path) -> None:
     payload = pickle.dumps(data)
     assert len(payload) < 10_000
     np.testing.assert_array_equal(pickle.loads(payload).compute(), file_reader(test2)[0]["data"])
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_sums_and_means_are_the_reference_ones(
+    test2: Path, lazy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    force_threads(monkeypatch)
+    ours = file_reader(str(test2), lazy=lazy)[0]["data"]
+    if not lazy:
+        assert isinstance(ours, FrameMemmap)
+    assert_same_reductions(ours, reference(test2, lazy=lazy)["data"])
 
 
 def test_copy_on_write_by_default_leaves_the_file_untouched(test2: Path, tmp_path: Path) -> None:

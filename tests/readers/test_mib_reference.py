@@ -22,9 +22,11 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pytest
+from reductions import assert_same_reductions, force_threads
 
 from stemcast.errors import ParameterError
 from stemcast.readers import mib as ours
+from stemcast.readers._frame_sums import FrameMemmap
 
 rsciio_qd = pytest.importorskip("rsciio.quantumdetector")
 rsciio_api = pytest.importorskip("rsciio.quantumdetector._api")
@@ -462,22 +464,9 @@ def test_parse_hdr_file_matches_reference(merlin_dir: Path, name: str) -> None:
 def test_virtual_image_and_mean_pattern_match_reference(
     merlin_dir: Path, name: str, lazy: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stemcast.readers import _frame_sums
-
-    monkeypatch.setattr(_frame_sums, "MIN_PARALLEL_BYTES", 0)
-    monkeypatch.setattr(_frame_sums, "_cores", lambda: 2)
+    force_threads(monkeypatch)
     theirs = ref_read(merlin_dir / name, lazy=lazy)["data"]
     mine = our_read(merlin_dir / name, lazy=lazy)["data"]
     if not lazy:
-        assert isinstance(mine, _frame_sums.FrameMemmap)
-    signal = (-2, -1)
-    navigation = tuple(range(mine.ndim - 2))
-    for reduce in (
-        lambda data: data.sum(axis=signal),
-        lambda data: data.sum(axis=navigation),
-        lambda data: data.mean(axis=navigation),
-        lambda data: data.sum(),
-    ):
-        expected = np.asarray(da.compute(reduce(theirs))[0])
-        result = np.asarray(da.compute(reduce(mine))[0])
-        np.testing.assert_array_equal(result, expected, strict=True)
+        assert isinstance(mine, FrameMemmap)
+    assert_same_reductions(mine, theirs)

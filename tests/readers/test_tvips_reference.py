@@ -21,9 +21,11 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pytest
+from reductions import assert_same_reductions, force_threads
 
 from conftest import shared_file
 from stemcast.errors import StemcastError
+from stemcast.readers._frame_sums import FrameArray
 from stemcast.readers.tvips import file_reader
 from tvips_helpers import assert_same_read, machine_time_zone, ref_read, ref_write, signal_dict
 
@@ -74,6 +76,19 @@ def test_real_file_reads_as_the_reference(name: str, kwargs: dict[str, Any]) -> 
     assert_same_read(ours, expected)
     if kwargs.get("lazy") and "scan_shape" not in kwargs:
         assert ours["data"].chunks == expected["data"].chunks
+
+
+@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize("kwargs", [{}, {"lazy": True}, {"scan_shape": (2, 2)}], ids=str)
+def test_real_file_sums_and_means_are_the_reference_ones(
+    name: str, kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    force_threads(monkeypatch)
+    path = shared_file("tvips", name)
+    ours = our_read(path, **kwargs)["data"]
+    if not kwargs.get("lazy"):
+        assert isinstance(ours, FrameArray)
+    assert_same_reductions(ours, ref_read(path, **kwargs)["data"])
 
 
 def test_auto_scan_of_real_file_is_the_reference_grid() -> None:

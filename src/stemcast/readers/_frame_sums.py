@@ -7,9 +7,10 @@ default 64-bit accumulator (half the speed of a 32-bit one), and over a vertical
 therefore return their frames as
 
 * :class:`FrameMemmap`: still a copy-on-write :class:`numpy.memmap` of the file (eager
-  processed Merlin data);
-* :class:`FrameArray`: an in-memory :class:`numpy.ndarray` (eager RAW or multi-file data);
-* :class:`FrameChunk`: the blocks of the lazy (dask) arrays;
+  processed Merlin data, eager blockfiles);
+* :class:`FrameArray`: an in-memory :class:`numpy.ndarray` (eager RAW or multi-file Merlin
+  data, eager TVIPS series);
+* :class:`FrameChunk`: the blocks of the lazy (dask) arrays of these three readers;
 
 whose ``sum`` and ``mean`` of unsigned integers
 

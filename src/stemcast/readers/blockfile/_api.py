@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import FormatError, TruncatedError
+from stemcast.readers._frame_sums import FrameChunk, as_frames
 from stemcast.readers._mmap import resolve_mmap_mode
 from stemcast.readers.blockfile._header import (
     VBF_OFFSET,
@@ -135,7 +136,8 @@ class _RecordSource:
         records = np.memmap(
             self.path, dtype=self.record, mode="r", offset=self.offset, shape=self.nav_shape
         )
-        return np.array(records["data"][key])
+        chunk: npt.NDArray[Any] = np.array(records["data"][key]).view(FrameChunk)
+        return chunk
 
 
 def _lazy(source: _RecordSource) -> Any:
@@ -272,7 +274,7 @@ def file_reader(
         data = _lazy(_RecordSource(path, header.data_offset, record, full))
     else:
         records = np.memmap(path, dtype=record, mode=mode, offset=header.data_offset, shape=full)
-        data = records["data"]
+        data = as_frames(records["data"])
     data = data.reshape(*nav_shape, *frame)
     return [
         {

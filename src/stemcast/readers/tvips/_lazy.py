@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from stemcast.readers._frame_sums import FrameArray, FrameChunk
 from stemcast.readers.tvips._series import TvipsSeries
 
 
@@ -41,6 +42,7 @@ class GridSource:
         return len(self.shape)
 
     def __getitem__(self, key: tuple[slice, ...]) -> npt.NDArray[Any]:
+        """Frames of the block ``key``, as a :class:`~stemcast.readers._frame_sums.FrameChunk`."""
         nav = self.grid.ndim
         cells = self.grid[key[:nav]]
         flat = cells.ravel()
@@ -52,13 +54,15 @@ class GridSource:
         signal = key[nav:]
         if any(part != slice(None) for part in signal):
             frames = frames[(*(slice(None),) * nav, *signal)]
-        return frames
+        chunk: npt.NDArray[Any] = frames.view(FrameChunk)
+        return chunk
 
     def read(self) -> npt.NDArray[Any]:
-        """Read all frames into memory (one copy)."""
+        """Read all frames into memory (one copy), as a :class:`FrameArray`."""
         out = np.empty(self.shape, dtype=self.dtype)
         self.series.read_frames(self.grid, out=out.reshape(-1, *self.series.layout.frame_shape))
-        return out
+        frames: npt.NDArray[Any] = out.view(FrameArray)
+        return frames
 
 
 def lazy_frames(source: GridSource, rechunking: Any) -> Any:
