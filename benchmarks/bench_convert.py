@@ -4,7 +4,7 @@ A 12-bit 256 x 256 Merlin run of at least ``--size-gb`` (default 1.07 GB: a 128 
 converted to both targets, a blockfile with ``intensity_scaling="minmax"`` (``--scaling``)
 and an NCEM EMD file, by
 
-* ``stemcast``: :func:`stemcast.service.convert.convert_run` (what ``stemcast convert`` and
+* ``stemcast``: :func:`stemcast.convert.run.convert_run` (what ``stemcast convert`` and
   the service run): one pass over the source in 16 MiB batches feeding both writers, plus
   the cheap first pass of ``"minmax"``; outputs fsynced and renamed into place;
 * ``rosettasciio``: ``rsciio.quantumdetector.file_reader`` then ``rsciio.blockfile.file_writer``
@@ -80,7 +80,7 @@ def ensure_source(workdir: Path, size_gb: float) -> tuple[Path, tuple[int, int]]
 
 
 def stemcast_convert(source: Path, dest: Path, scaling: str, scan: tuple[int, int]) -> None:
-    from stemcast.service.convert import convert_run
+    from stemcast.convert.run import convert_run
 
     convert_run(
         source,
@@ -147,7 +147,7 @@ METHODS: dict[str, tuple[Callable[[Path, Path, str, tuple[int, int]], None], tup
     OURS: (
         stemcast_convert,
         (
-            "stemcast.service.convert",
+            "stemcast.convert.run",
             "stemcast.writers.blockfile",
             "stemcast.writers.emd",
             "stemcast.readers.mib",

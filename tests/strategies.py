@@ -12,7 +12,7 @@ from datetime import datetime
 
 from hypothesis import strategies as st
 
-from stemcast.readers.mib._header import FrameHeader
+from stemcast.formats.mib.spec import FrameHeader
 
 #: Field 6 values listed by the spec (processed types, LiberTEM-rs extras, RAW).
 SPEC_PIXEL_TYPES = ("U01", "U08", "U16", "U32", "U64", "R64")

@@ -20,6 +20,6 @@ __all__ = ["__version__", "load"]
 
 def load(path: str | os.PathLike[str], **kwargs: Any) -> list[dict[str, Any]]:
     """Read a data file with the reader of its format (see :func:`stemcast.formats.load`)."""
-    from stemcast.formats import load as load_file
+    from stemcast.formats.detect import load as load_file
 
     return load_file(path, **kwargs)

@@ -44,8 +44,8 @@ def mib_summary(path: Path, navigation_shape: tuple[int, int] | None = None) -> 
     dict
         JSON-serialisable summary.
     """
-    from stemcast.readers.mib import MIBProperties, scan_shape_of
-    from stemcast.readers.mib._run import find_hdr, read_hdr
+    from stemcast.formats.mib.reader import MIBProperties, scan_shape_of
+    from stemcast.formats.mib.run import find_hdr, read_hdr
     from stemcast.shape import complete_lines
 
     prop = MIBProperties.from_path(path)
@@ -490,7 +490,7 @@ def _convert_sources(
     paths: Sequence[Path], targets: Sequence[str], output: Path
 ) -> tuple[list[Path], bool]:
     """Find the runs to convert, each once; say whether a path named none (error printed)."""
-    from stemcast.service.convert import output_paths, run_source
+    from stemcast.convert.run import output_paths, run_source
 
     runs: list[Path] = []
     claimed: dict[Path, Path] = {}
@@ -518,7 +518,7 @@ def _convert_sources(
 def _convert(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from stemcast.service.convert import check_options, convert_run, parse_targets
+    from stemcast.convert.run import check_options, convert_run, parse_targets
 
     targets = parse_targets(args.to)
     given: dict[str, dict[str, Any]] = {}
@@ -563,7 +563,7 @@ def _convert_on_cluster(
     from distributed import Client, as_completed
     from tqdm import tqdm
 
-    from stemcast.service.convert import convert_on_worker
+    from stemcast.convert.run import convert_on_worker
 
     failed = False
     output = os.path.abspath(args.output)

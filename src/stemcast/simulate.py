@@ -253,7 +253,7 @@ def simulate_mib(
     list of pathlib.Path
         The ``.mib`` files written.
     """
-    from stemcast.writers.mib import MibWriter
+    from stemcast.formats.mib.writer import MibWriter
 
     folder = Path(directory)
     width = scan_shape[0] + flyback_frames
@@ -366,7 +366,7 @@ def simulate_tvips(
     list of pathlib.Path
         The parts written.
     """
-    from stemcast.writers.tvips import TvipsWriter
+    from stemcast.formats.tvips.writer import TvipsWriter
 
     if bits not in (8, 16):
         raise ParameterError(f"{bits}: TVIPS cameras write 8 or 16 bits", parameter="bits")

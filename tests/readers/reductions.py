@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from stemcast.readers import _frame_sums
+from stemcast.formats import _frame_sums
 
 
 def force_threads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from conftest import shared_file
 from stemcast.errors import FormatError, ParameterError, StemcastError, TruncatedError
-from stemcast.readers.blockfile._header import (
+from stemcast.formats.blockfile.spec import (
     CENTERING_FIELDS,
     DISTORTION_FIELDS,
     FIELD_NAMES,

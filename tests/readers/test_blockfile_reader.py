@@ -25,9 +25,9 @@ from reductions import assert_same_reductions, force_threads
 
 from conftest import shared_file
 from stemcast.errors import ParameterError
-from stemcast.readers._frame_sums import FrameMemmap
+from stemcast.formats._frame_sums import FrameMemmap
+from stemcast.formats.blockfile.spec import FIELD_NAMES, format_header
 from stemcast.readers.blockfile import file_reader, read_header, read_navigator
-from stemcast.readers.blockfile._header import FIELD_NAMES, format_header
 from stemcast.writers.blockfile import file_writer
 
 rsciio_blockfile = pytest.importorskip("rsciio.blockfile")

@@ -13,8 +13,8 @@ import pytest
 from emd_support import assert_same_signal
 
 from stemcast.errors import ParameterError
+from stemcast.formats.emd.units import compact_unit, normalise_ncem_units
 from stemcast.readers.emd import file_reader
-from stemcast.readers.emd._units import compact_unit, normalise_ncem_units
 
 rsciio_emd = pytest.importorskip("rsciio.emd")
 

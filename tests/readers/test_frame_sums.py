@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stemcast.readers import _frame_sums
-from stemcast.readers._frame_sums import FrameArray, FrameChunk, FrameMemmap, as_frames
+from stemcast.formats import _frame_sums
+from stemcast.formats._frame_sums import FrameArray, FrameChunk, FrameMemmap, as_frames
 
 DTYPES = ["u1", ">u2", "<u2", "<u4", ">u4", "<i2", "?"]
 

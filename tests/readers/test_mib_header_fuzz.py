@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stemcast.errors import FormatError, TruncatedError
-from stemcast.readers.mib._header import (
+from stemcast.formats.mib.spec import (
     FrameHeader,
     format_frame_header,
     format_hdr_text,

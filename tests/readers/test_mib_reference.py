@@ -25,8 +25,8 @@ import pytest
 from reductions import assert_same_reductions, force_threads
 
 from stemcast.errors import ParameterError
+from stemcast.formats._frame_sums import FrameMemmap
 from stemcast.readers import mib as ours
-from stemcast.readers._frame_sums import FrameMemmap
 
 rsciio_qd = pytest.importorskip("rsciio.quantumdetector")
 rsciio_api = pytest.importorskip("rsciio.quantumdetector._api")

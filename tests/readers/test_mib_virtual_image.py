@@ -17,8 +17,8 @@ import pytest
 from test_mib_raw import spec_decode_1bit
 
 from stemcast.errors import ParameterError, StemcastError
+from stemcast.formats.mib import virtual as _virtual
 from stemcast.readers import mib as ours
-from stemcast.readers.mib import _virtual
 from stemcast.writers.mib import MibWriter, write_mib
 
 DTYPES = {1: np.uint8, 6: np.uint8, 12: np.uint16, 24: np.uint32}

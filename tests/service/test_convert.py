@@ -1,4 +1,4 @@
-"""Converting finished runs to blockfile and EMD (``stemcast.service.convert``).
+"""Converting finished runs to blockfile and EMD (``stemcast.convert.run``).
 
 Expected frames come from the reference library: rosettasciio reads the source, and its
 blockfile writer makes the reference blockfile; our outputs, read back with rosettasciio, must
@@ -27,10 +27,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_file
-from stemcast.errors import FormatError, OutputError, ParameterError, TruncatedError
-from stemcast.readers.mib import file_reader as stemcast_mib_reader
-from stemcast.service import convert
-from stemcast.service.convert import (
+from stemcast.convert import run as convert
+from stemcast.convert.run import (
     Cancelled,
     check_options,
     convert_on_worker,
@@ -39,6 +37,8 @@ from stemcast.service.convert import (
     parse_targets,
     run_source,
 )
+from stemcast.errors import FormatError, OutputError, ParameterError, TruncatedError
+from stemcast.readers.mib import file_reader as stemcast_mib_reader
 from stemcast.simulate import simulate_mib, simulate_tvips
 from stemcast.writers.tvips import TvipsWriter
 
@@ -543,7 +543,7 @@ def test_a_read_only_output_folder_fails_with_an_output_error(run12: Path, tmp_p
     script = (
         "import sys\n"
         "from stemcast.errors import OutputError\n"
-        "from stemcast.service.convert import convert_run\n"
+        "from stemcast.convert.run import convert_run\n"
         "try:\n"
         "    convert_run(sys.argv[1], ['emd', 'blockfile'], sys.argv[2])\n"
         "except OutputError as error:\n"
@@ -582,7 +582,7 @@ def in_mount_namespace(mount: str, script: str, *args: Path) -> str:
 FULL_DISK = """
 import json, os, sys
 from stemcast.errors import OutputError
-from stemcast.service.convert import convert_run
+from stemcast.convert.run import convert_run
 source, folder, targets = sys.argv[1], sys.argv[2], sys.argv[3]
 try:
     convert_run(source, targets.split(","), os.path.join(folder, "out"))

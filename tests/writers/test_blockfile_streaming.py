@@ -104,7 +104,7 @@ def test_big_endian_and_non_contiguous_sources(tmp_path: Path) -> None:
 
 
 def test_large_scan_lines_are_split_within_a_line(tmp_path: Path, monkeypatch: Any) -> None:
-    from stemcast.writers import blockfile
+    from stemcast.formats.blockfile import writer as blockfile
 
     data = frames((3, 40, 12, 12))
     expected = write(tmp_path / "whole.blo", data, intensity_scaling="dtype")

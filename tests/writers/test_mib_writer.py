@@ -402,7 +402,7 @@ def test_bad_writer_parameters_are_refused(tmp_path: Path) -> None:
 
 def test_vectorised_headers_equal_headers_formatted_one_by_one(tmp_path) -> None:
     """Batch headers come from a template; each must equal the one formatted field by field."""
-    from stemcast.readers.mib._header import parse_frame_header
+    from stemcast.formats.mib.spec import parse_frame_header
     from stemcast.writers.mib import MibWriter
 
     with MibWriter(

@@ -263,7 +263,7 @@ async def _request(
     relative_to: str | None,
 ) -> web.Response:
     """Ask the jobs for a conversion; the configured one when the body names no targets."""
-    from stemcast.service.conversion_options import parse_targets
+    from stemcast.convert.options import parse_targets
 
     settings = service.settings
     targets = body.get("targets")

@@ -77,7 +77,7 @@ def _split_targets(value: Any) -> Any:
 
 
 def _checked_targets(value: list[str]) -> list[str]:
-    from stemcast.service.conversion_options import parse_targets
+    from stemcast.convert.options import parse_targets
 
     return list(parse_targets(value)) if value else []
 
@@ -86,7 +86,7 @@ def _checked_options(
     targets: list[str], options: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """Normalise the options of ``targets``; options of other targets are left out."""
-    from stemcast.service.conversion_options import check_options
+    from stemcast.convert.options import check_options
 
     if not targets:
         return {}

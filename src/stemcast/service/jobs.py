@@ -150,7 +150,7 @@ class JobManager:
         FormatError
             When ``source`` is not a file of a Merlin or TVIPS run.
         """
-        from stemcast.service.conversion_options import check_options, parse_targets
+        from stemcast.convert.options import check_options, parse_targets
 
         if self.settings.output is None:
             raise ParameterError(
@@ -258,7 +258,7 @@ class JobManager:
                 await self._run(job)
 
     async def _run(self, job: dict[str, Any]) -> None:
-        from stemcast.service.convert import Cancelled
+        from stemcast.convert.run import Cancelled
 
         job_id = job["id"]
         flag = self._cancel[job_id] = threading.Event()
@@ -314,7 +314,7 @@ class JobManager:
             self.metrics.conversion_finished(target, job["status"], seconds, written)
 
     async def _convert_here(self, job: dict[str, Any], flag: threading.Event) -> dict[str, Any]:
-        from stemcast.service.convert import Cancelled
+        from stemcast.convert.run import Cancelled
 
         assert self._executor is not None
         control = JobControl()
@@ -355,7 +355,7 @@ class JobManager:
     async def _convert_on_cluster(
         self, job: dict[str, Any], flag: threading.Event
     ) -> dict[str, Any]:
-        from stemcast.service.convert import convert_on_worker
+        from stemcast.convert.run import convert_on_worker
 
         job_id = job["id"]
         cluster = _distributed()
@@ -416,7 +416,7 @@ async def _connect(address: str) -> Any:
 
 def _describe(source: str | os.PathLike[str]) -> tuple[str, list[list[Any]]]:
     """Return the run's first file (resolved) and ``[file, size, mtime_ns]`` of its files."""
-    from stemcast.service.convert import run_source
+    from stemcast.convert.run import run_source
 
     first = os.path.realpath(run_source(source))
     try:

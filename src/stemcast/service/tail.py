@@ -20,11 +20,11 @@ import numpy.typing as npt
 
 from stemcast.batch import FrameBatch
 from stemcast.errors import FormatError
-from stemcast.readers.mib import MibRun, timestamps_ns
-from stemcast.readers.mib._header import PREFIX_SIZE, parse_header_size
-from stemcast.readers.mib._run import find_hdr, read_hdr
-from stemcast.readers.tvips import TvipsSeries, part_path, series_base
-from stemcast.readers.tvips._header import MAIN_HEADER_SIZE
+from stemcast.formats.mib.reader import timestamps_ns
+from stemcast.formats.mib.run import MibRun, find_hdr, read_hdr
+from stemcast.formats.mib.spec import PREFIX_SIZE, parse_header_size
+from stemcast.formats.tvips.run import TvipsSeries, part_path, series_base
+from stemcast.formats.tvips.spec import MAIN_HEADER_SIZE
 from stemcast.service.protocol import wire_dtype
 
 __all__ = ["MibSource", "NotReady", "Source", "TvipsSource", "open_source", "run_kind"]

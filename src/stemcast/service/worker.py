@@ -115,14 +115,14 @@ def convert_in_worker(
     control
         The job's control folder (:attr:`JobControl.folder`).
     source, targets, output_dir, options, navigation_shape, relative_to
-        As :func:`stemcast.service.convert.convert_run`.
+        As :func:`stemcast.convert.run.convert_run`.
 
     Returns
     -------
     dict
-        :meth:`stemcast.service.convert.Converted.as_dict` of the result.
+        :meth:`stemcast.convert.run.Converted.as_dict` of the result.
     """
-    from stemcast.service.convert import convert_run, throttled
+    from stemcast.convert.run import convert_run, throttled
 
     folder = Path(control)
     cancel = folder / "cancel"

@@ -1,7 +1,7 @@
 """NanoMegas ASTAR blockfile (``.blo``) reader (API of the reference ``rsciio.blockfile``)."""
 
-from stemcast.readers.blockfile._api import file_reader, read_header, read_navigator
-from stemcast.readers.blockfile._header import (
+from stemcast.formats.blockfile.reader import file_reader, read_header, read_navigator
+from stemcast.formats.blockfile.spec import (
     HEADER_DTYPE,
     BlockfileHeader,
     format_header,

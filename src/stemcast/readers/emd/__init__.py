@@ -4,7 +4,7 @@ API of the reference ``rsciio.emd``: :func:`file_reader`. :func:`decode_spectrum
 decodes a Velox EDS spectrum stream held in memory.
 """
 
-from stemcast.readers.emd._api import file_reader
-from stemcast.readers.emd._velox_spectrum import SpectrumStreamSource, decode_spectrum_stream
+from stemcast.formats.emd.reader import file_reader
+from stemcast.formats.emd.velox_spectrum import SpectrumStreamSource, decode_spectrum_stream
 
 __all__ = ["SpectrumStreamSource", "decode_spectrum_stream", "file_reader"]

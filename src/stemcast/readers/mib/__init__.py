@@ -1,6 +1,7 @@
 """Quantum Detectors Merlin ``.mib`` reader (API of the reference ``rsciio.quantumdetector``)."""
 
-from stemcast.readers.mib._api import (
+from stemcast.formats.mib.layout import MibLayout
+from stemcast.formats.mib.reader import (
     MIBProperties,
     file_reader,
     load_mib_data,
@@ -11,9 +12,8 @@ from stemcast.readers.mib._api import (
     timestamps_ns,
     virtual_image,
 )
-from stemcast.readers.mib._header import FrameHeader, parse_frame_header, parse_hdr_text
-from stemcast.readers.mib._layout import MibLayout
-from stemcast.readers.mib._run import MibRun
+from stemcast.formats.mib.run import MibRun
+from stemcast.formats.mib.spec import FrameHeader, parse_frame_header, parse_hdr_text
 
 __all__ = [
     "FrameHeader",

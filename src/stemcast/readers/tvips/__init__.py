@@ -1,7 +1,9 @@
 """TVIPS ``.tvips`` series reader (API of the reference ``rsciio.tvips``)."""
 
-from stemcast.readers.tvips._api import file_reader, wind
-from stemcast.readers.tvips._header import (
+from stemcast.formats.tvips.layout import TvipsLayout
+from stemcast.formats.tvips.reader import file_reader, wind
+from stemcast.formats.tvips.run import TvipsPart, TvipsSeries, part_path, series_base
+from stemcast.formats.tvips.spec import (
     FrameHeader,
     MainHeader,
     format_main_header,
@@ -9,8 +11,6 @@ from stemcast.readers.tvips._header import (
     parse_frame_header,
     parse_main_header,
 )
-from stemcast.readers.tvips._layout import TvipsLayout
-from stemcast.readers.tvips._series import TvipsPart, TvipsSeries, part_path, series_base
 
 __all__ = [
     "FrameHeader",

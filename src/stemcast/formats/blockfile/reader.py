@@ -14,9 +14,9 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import FormatError, TruncatedError
-from stemcast.readers._frame_sums import FrameChunk, as_frames
-from stemcast.readers._mmap import resolve_mmap_mode
-from stemcast.readers.blockfile._header import (
+from stemcast.formats._frame_sums import FrameChunk, as_frames
+from stemcast.formats._mmap import resolve_mmap_mode
+from stemcast.formats.blockfile.spec import (
     VBF_OFFSET,
     BlockfileHeader,
     check_endianess,

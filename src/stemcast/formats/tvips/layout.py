@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import FormatError
-from stemcast.readers.tvips._header import (
+from stemcast.formats.tvips.spec import (
     REFERENCE_FILLER,
     V1_FRAME_HEADER_SIZE,
     V2_FRAME_HEADER_SIZE,

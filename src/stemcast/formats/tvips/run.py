@@ -20,8 +20,8 @@ import numpy.typing as npt
 
 from stemcast.batch import FrameBatch
 from stemcast.errors import FormatError, ParameterError
-from stemcast.readers.tvips._header import MAIN_HEADER_SIZE, MainHeader, parse_main_header
-from stemcast.readers.tvips._layout import TvipsLayout
+from stemcast.formats.tvips.layout import TvipsLayout
+from stemcast.formats.tvips.spec import MAIN_HEADER_SIZE, MainHeader, parse_main_header
 
 EXTENSION = ".tvips"
 _PART = re.compile(r"^(?P<base>.+)_(?P<index>\d{3})$")

@@ -9,9 +9,9 @@ from typing import Any
 import numpy.typing as npt
 
 from stemcast.errors import FormatError
-from stemcast.readers.emd._hdf5 import open_hdf5
-from stemcast.readers.emd._ncem import is_ncem, read_ncem
-from stemcast.readers.emd._velox import VeloxOptions, read_velox, velox_version
+from stemcast.formats.emd.hdf5 import open_hdf5
+from stemcast.formats.emd.ncem import is_ncem, read_ncem
+from stemcast.formats.emd.velox import VeloxOptions, read_velox, velox_version
 
 __all__ = ["file_reader"]
 

@@ -50,20 +50,20 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.batch import FrameBatch
-from stemcast.errors import (
-    FormatError,
-    OutputError,
-    ParameterError,
-    StemcastError,
-    TruncatedError,
-)
-from stemcast.service.conversion_options import (
+from stemcast.convert.options import (
     AUTO_SCALING,
     TARGETS,
     check_options,
     is_int,
     parse_targets,
     resolve_scaling,
+)
+from stemcast.errors import (
+    FormatError,
+    OutputError,
+    ParameterError,
+    StemcastError,
+    TruncatedError,
 )
 from stemcast.service.tail import MibSource, NotReady, Source, TvipsSource, open_source
 from stemcast.shape import Evidence, ScanShape, complete_lines
@@ -130,8 +130,8 @@ def run_source(path: str | os.PathLike[str]) -> Path:
     FormatError
         When ``path`` is not a file of a Merlin run or a TVIPS series.
     """
-    from stemcast.readers.mib import MibRun
-    from stemcast.readers.tvips import part_path
+    from stemcast.formats.mib.run import MibRun
+    from stemcast.formats.tvips.run import part_path
 
     given = Path(path)
     if not given.exists():
@@ -292,14 +292,14 @@ def _user_shape(navigation_shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _mib_scan(source: MibSource) -> ScanShape:
-    from stemcast.readers.mib import MIBProperties, scan_shape_of
+    from stemcast.formats.mib.reader import MIBProperties, scan_shape_of
 
     prop = MIBProperties.from_path(source.path)
     return scan_shape_of(prop, source.hdr or None, None)
 
 
 def _tvips_scan(source: TvipsSource) -> tuple[ScanShape, npt.NDArray[np.int64] | None]:
-    from stemcast.readers.tvips._api import auto_scan
+    from stemcast.formats.tvips.reader import auto_scan
 
     found = auto_scan(source.series)
     return found.scan, found.frames
@@ -312,8 +312,7 @@ def _shape_stub(shape: tuple[int, ...]) -> npt.NDArray[np.int64]:
 
 def _mib_signal(source: MibSource, navigation: tuple[int, ...], scan: ScanShape) -> dict[str, Any]:
     """Axes and metadata as :func:`stemcast.readers.mib.file_reader` gives them."""
-    from stemcast.readers.mib import MIBProperties
-    from stemcast.readers.mib._api import signal_dict
+    from stemcast.formats.mib.reader import MIBProperties, signal_dict
 
     prop = MIBProperties.from_path(source.path)
     stub = _shape_stub((*reversed(navigation), *source.frame_shape))
@@ -326,8 +325,8 @@ def _tvips_signal(
     source: TvipsSource, navigation: tuple[int, ...], scan: ScanShape
 ) -> dict[str, Any]:
     """Axes and metadata as :func:`stemcast.readers.tvips.file_reader` gives them."""
-    from stemcast.readers.tvips._api import signal_axes, signal_metadata
-    from stemcast.readers.tvips._header import frame_header_from_record
+    from stemcast.formats.tvips.reader import signal_axes, signal_metadata
+    from stemcast.formats.tvips.spec import frame_header_from_record
 
     series = source.series
     first = frame_header_from_record(series.headers(0, 1)[0])
@@ -510,7 +509,7 @@ class _Output:
                 self._writer = self._emd(options)
 
     def _blockfile(self, options: Mapping[str, Any]) -> Any:
-        from stemcast.writers.blockfile import BlockfileWriter
+        from stemcast.formats.blockfile.writer import BlockfileWriter
 
         plan = self._plan
         scaling = options.get("intensity_scaling", AUTO_SCALING)
@@ -531,7 +530,7 @@ class _Output:
         )
 
     def _emd(self, options: Mapping[str, Any]) -> Any:
-        from stemcast.writers.emd import EmdWriter
+        from stemcast.formats.emd.writer import EmdWriter
 
         plan = self._plan
         self.reserve = _EMD_RESERVE_BYTES + _EMD_RESERVE_PER_FRAME * plan.count
@@ -631,7 +630,7 @@ def _check_space(outputs: Sequence[_Output], frames: npt.NDArray[Any] | None) ->
 
 def _blockfile_header(plan: _Plan) -> dict[str, Any]:
     """Header fields from the run's metadata and axes, as the blockfile writer takes them."""
-    from stemcast.writers.blockfile import signal_header
+    from stemcast.formats.blockfile.writer import signal_header
 
     axes = sorted(plan.signal["axes"], key=lambda axis: axis.get("index_in_array", 0))
     split = len(axes) - 2

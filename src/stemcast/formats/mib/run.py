@@ -19,15 +19,15 @@ import numpy.typing as npt
 
 from stemcast.batch import FrameBatch
 from stemcast.errors import FormatError, ParameterError
-from stemcast.readers._mmap import MmapMode
-from stemcast.readers.mib._header import (
+from stemcast.formats._mmap import MmapMode
+from stemcast.formats.mib.layout import MibLayout
+from stemcast.formats.mib.spec import (
     PREFIX_SIZE,
     FrameHeader,
     parse_frame_header,
     parse_hdr_text,
     parse_header_size,
 )
-from stemcast.readers.mib._layout import MibLayout
 
 _TRAILING_DIGITS = re.compile(r"^(?P<stem>.*?)(?P<number>\d+)$")
 

@@ -51,19 +51,19 @@ def reader_for(path: str | os.PathLike[str]) -> Reader:
     """Return the ``file_reader`` function for the format of ``path``."""
     name = detect_format(path)
     if name == "mib":
-        from stemcast.readers.mib import file_reader
+        from stemcast.formats.mib.reader import file_reader
 
         return file_reader
     if name == "tvips":
-        from stemcast.readers.tvips import file_reader as read_tvips
+        from stemcast.formats.tvips.reader import file_reader as read_tvips
 
         return read_tvips
     if name == "blockfile":
-        from stemcast.readers.blockfile import file_reader as read_blockfile
+        from stemcast.formats.blockfile.reader import file_reader as read_blockfile
 
         return read_blockfile
     if name == "emd":
-        from stemcast.readers.emd import file_reader as read_emd
+        from stemcast.formats.emd.reader import file_reader as read_emd
 
         return read_emd
     raise FormatError(f"no reader for format {name!r}", path=path)

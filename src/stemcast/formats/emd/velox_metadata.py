@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import h5py
 
 from stemcast.errors import FormatError
-from stemcast.readers.emd._hdf5 import read_json
+from stemcast.formats.emd.hdf5 import read_json
 
 __all__ = [
     "apply_mapping",

@@ -14,19 +14,19 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import ParameterError
-from stemcast.readers._frame_sums import as_frames
-from stemcast.readers._mmap import resolve_mmap_mode
-from stemcast.readers.mib._header import FrameHeader
-from stemcast.readers.mib._layout import MibLayout
-from stemcast.readers.mib._lazy import FrameSource, lazy_frames, read_frames
-from stemcast.readers.mib._run import (
+from stemcast.formats._frame_sums import as_frames
+from stemcast.formats._mmap import resolve_mmap_mode
+from stemcast.formats.mib.layout import MibLayout
+from stemcast.formats.mib.lazy import FrameSource, lazy_frames, read_frames
+from stemcast.formats.mib.run import (
     MibRun,
     check_headers,
     find_hdr,
     header_from_buffer,
     read_hdr,
 )
-from stemcast.readers.mib._virtual import frame_totals
+from stemcast.formats.mib.spec import FrameHeader
+from stemcast.formats.mib.virtual import frame_totals
 from stemcast.shape import ScanShape, complete_lines, infer_scan_shape
 
 _logger = logging.getLogger(__name__)
@@ -678,6 +678,7 @@ def virtual_image(
 def signal_dict(
     data: Any, prop: MIBProperties, hdr: dict[str, str] | None, scan: ScanShape, name: str
 ) -> dict[str, Any]:
+    """Return the signal of ``data`` with the axes and metadata :func:`file_reader` gives."""
     axes = [
         {
             "size": size,

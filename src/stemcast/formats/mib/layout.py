@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import FormatError, UnsupportedError
-from stemcast.readers.mib._header import FrameHeader
+from stemcast.formats.mib.spec import FrameHeader
 
 #: Processed storage type -> stored (big-endian) dtype.
 _STORED_DTYPES = {"U01": ">u1", "U08": ">u1", "U16": ">u2", "U32": ">u4", "U64": ">u8"}

@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import ParameterError, TruncatedError
-from stemcast.readers.tvips._header import FrameHeader, frame_header_from_record
-from stemcast.readers.tvips._lazy import GridSource, lazy_frames
-from stemcast.readers.tvips._series import TvipsSeries
+from stemcast.formats.tvips.lazy import GridSource, lazy_frames
+from stemcast.formats.tvips.run import TvipsSeries
+from stemcast.formats.tvips.spec import FrameHeader, frame_header_from_record
 from stemcast.shape import Evidence, ScanGrid, ScanShape, scan_from_rotator
 
 _logger = logging.getLogger(__name__)
@@ -188,6 +188,7 @@ def _time_axis(series: TvipsSeries, size: int) -> dict[str, Any]:
 def signal_axes(
     series: TvipsSeries, grid: npt.NDArray[np.int64], stack: bool, first: FrameHeader
 ) -> list[dict[str, Any]]:
+    """Return the axes of a signal of ``grid`` positions, as :func:`file_reader` gives them."""
     main = series.main_header
     units = "1/nm" if first.mode == DIFFRACTION else "nm"
     nav = grid.ndim
@@ -227,6 +228,7 @@ def signal_axes(
 
 
 def signal_metadata(series: TvipsSeries, first: FrameHeader) -> dict[str, Any]:
+    """Return the metadata of the series, as :func:`file_reader` gives it."""
     main = series.main_header
     moment = first.utc
     time = moment.strftime("%H:%M:%S") + (f".{first.ms:03d}" if first.ms else "")

@@ -21,8 +21,8 @@ import h5py
 import numpy as np
 
 from stemcast.errors import FormatError, ParameterError
-from stemcast.readers.emd._hdf5 import decode_text, lazy_array
-from stemcast.readers.emd._units import normalise_ncem_units
+from stemcast.formats.emd.hdf5 import decode_text, lazy_array
+from stemcast.formats.emd.units import normalise_ncem_units
 
 __all__ = ["is_ncem", "read_ncem"]
 

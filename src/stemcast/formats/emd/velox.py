@@ -18,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import FormatError, ParameterError
-from stemcast.readers.emd._hdf5 import lazy_array, read_json
-from stemcast.readers.emd._units import compact_unit
-from stemcast.readers.emd._velox_metadata import (
+from stemcast.formats.emd.hdf5 import lazy_array, read_json
+from stemcast.formats.emd.units import compact_unit
+from stemcast.formats.emd.velox_metadata import (
     Mapping_,
     apply_mapping,
     detector_entry,
@@ -30,7 +30,7 @@ from stemcast.readers.emd._velox_metadata import (
     metadata_groups,
     velox_mapping,
 )
-from stemcast.readers.emd._velox_spectrum import (
+from stemcast.formats.emd.velox_spectrum import (
     GATE,
     SpectrumStreamSource,
     check_binning,

@@ -1,0 +1,1 @@
+"""NanoMegas ASTAR blockfile (``.blo``): header spec, reader and writer."""

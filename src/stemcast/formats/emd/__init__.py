@@ -1,0 +1,1 @@
+"""EMD (HDF5), NCEM and Velox flavours: reader and writer."""

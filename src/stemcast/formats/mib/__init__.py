@@ -1,0 +1,1 @@
+"""Quantum Detectors Merlin ``.mib``: header spec, record layout, runs, reader and writer."""

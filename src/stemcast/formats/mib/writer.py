@@ -1,0 +1,435 @@
+"""Merlin ``.mib`` + ``.hdr`` writer: any counter depth and geometry, processed or RAW.
+
+:class:`MibWriter` appends frames to a growing file, as the camera does (the simulator and the
+live tests use it); :func:`write_mib` writes a whole acquisition at once, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from stemcast._atomic import atomic_path
+from stemcast.errors import ParameterError, UnsupportedError
+from stemcast.formats.mib.layout import MibLayout
+from stemcast.formats.mib.spec import (
+    COUNTER_DEPTHS,
+    FrameHeader,
+    format_frame_header,
+    format_hdr_text,
+    merlin_float,
+)
+
+__all__ = ["MibWriter", "write_mib"]
+
+#: DAC values of one Medipix3RX chip as the Merlin software writes them (27 values).
+_DACS = [
+    "011",
+    "511",
+    "000",
+    "000",
+    "000",
+    "000",
+    "000",
+    "000",
+    "175",
+    "010",
+    "200",
+    "125",
+    "100",
+    "100",
+    "093",
+    "100",
+    "099",
+    "030",
+    "128",
+    "004",
+    "255",
+    "140",
+    "128",
+    "191",
+    "179",
+    "511",
+    "511",
+]
+_THRESHOLDS = (2.0, 511.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+_PROCESSED_TYPES = {1: "U08", 6: "U08", 12: "U16", 24: "U32"}
+_CHIP = 256
+
+
+def _layout_for(
+    frame_shape: tuple[int, int], counter_depth: int, quad: bool, raw: bool, gap: bool
+) -> MibLayout:
+    rows, cols = frame_shape
+    if quad and raw and counter_depth == 24:
+        raise UnsupportedError("24-bit RAW quad frames cannot be written (nor decoded)")
+    if quad:
+        expected_cols = 2 * _CHIP + (2 if gap else 0)
+        if cols != expected_cols or rows % 2:
+            raise ParameterError(
+                f"quad frames are {expected_cols} columns wide with an even number of rows, "
+                f"not {frame_shape}",
+                parameter="frame_shape",
+            )
+        geometry, chips, header_size = ("2x2G" if gap else "2x2"), 4, 768
+        stored = ((rows - (2 if gap else 0)) // 2, 4 * _CHIP) if raw else (rows, cols)
+    else:
+        if gap:
+            raise ParameterError("gap pixels exist only for quad detectors", parameter="gap")
+        geometry, chips, header_size = "1x1", 1, 384
+        stored = (rows, 2 * cols if raw and counter_depth == 24 else cols)
+    return MibLayout(
+        header_size=header_size,
+        stored_height=stored[0],
+        stored_width=stored[1],
+        pixel_type="R64" if raw else _PROCESSED_TYPES[counter_depth],
+        counter_depth=counter_depth,
+        geometry=geometry,
+        chip_count=chips,
+    )
+
+
+class MibWriter:
+    """Append frames to a Merlin ``.mib`` file, writing its ``.hdr`` first.
+
+    Parameters
+    ----------
+    path
+        The ``.mib`` file to create (an existing file is replaced).
+    frame_shape
+        ``(rows, cols)`` of the frames given to :meth:`write`: ``(256, 256)`` for a single
+        chip (fewer rows for a row ROI), ``(512, 512)`` for a quad, ``(514, 514)`` with gaps.
+    counter_depth
+        Merlin counter depth: 1, 6, 12 or 24 bits.
+    quad
+        Write a 2x2 chip assembly (768-byte headers).
+    raw
+        Write RAW (``R64``) payloads instead of processed pixels.
+    gap
+        Quad with two gap pixels between chips (``2x2G``).
+    exposure_s
+        Shutter time of each frame in seconds.
+    frame_interval_s
+        Time between the starts of two frames; defaults to the exposure.
+    scan_shape
+        ``(x, y)`` of the scan, used for the ``.hdr`` frame count and the fly-back delay.
+    flyback_s
+        Extra time after each scan line (visible in the timestamps), needs ``scan_shape``.
+    frames_per_trigger
+        Written to the ``.hdr``: the scan width for line-triggered scans, else 1.
+    frames_expected
+        ``Frames in Acquisition`` of the ``.hdr``; defaults to the scan size, else 0.
+    hdr_scan_size
+        Also write ``ScanX``/``ScanY`` to the ``.hdr`` (Merlin software 1.5 and later).
+    start_time
+        Timestamp of the first frame; defaults to now.
+    write_hdr
+        Whether to write the ``.hdr`` file.
+    first_sequence
+        Sequence number of the first frame (continues across the files of a split run).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        frame_shape: tuple[int, int] = (256, 256),
+        counter_depth: int = 12,
+        quad: bool = False,
+        raw: bool = False,
+        gap: bool = False,
+        exposure_s: float = 0.001,
+        frame_interval_s: float | None = None,
+        scan_shape: Sequence[int] | None = None,
+        flyback_s: float = 0.0,
+        frames_per_trigger: int = 1,
+        frames_expected: int | None = None,
+        hdr_scan_size: bool = False,
+        start_time: datetime | None = None,
+        write_hdr: bool = True,
+        first_sequence: int = 1,
+    ) -> None:
+        if counter_depth not in COUNTER_DEPTHS:
+            raise ParameterError(
+                f"{counter_depth} is not one of {COUNTER_DEPTHS}", parameter="counter_depth"
+            )
+        if exposure_s <= 0:
+            raise ParameterError(f"{exposure_s} is not positive", parameter="exposure_s")
+        if flyback_s and scan_shape is None:
+            raise ParameterError("a fly-back needs a scan_shape", parameter="flyback_s")
+        self.path = Path(path)
+        self.layout = _layout_for(tuple(frame_shape), counter_depth, quad, raw, gap)  # type: ignore[arg-type]
+        self.frame_shape = tuple(frame_shape)
+        self.exposure_s = exposure_s
+        self.interval_ns = round((frame_interval_s or exposure_s) * 1e9)
+        self.flyback_ns = round(flyback_s * 1e9)
+        self.scan_shape = tuple(int(size) for size in scan_shape) if scan_shape else None
+        start = start_time or datetime.now(UTC)
+        self.start_ns = np.datetime64(start.astimezone(UTC).replace(tzinfo=None), "ns")
+        self.first_sequence = first_sequence
+        self.frames_written = 0
+        self.frames_per_trigger = frames_per_trigger
+        self.hdr_scan_size = hdr_scan_size
+        self._max_value = (1 << counter_depth) - 1
+        if write_hdr:
+            if frames_expected is None:
+                frames_expected = int(np.prod(self.scan_shape)) if self.scan_shape else 0
+            with atomic_path(self.path.with_suffix(".hdr")) as temporary:
+                temporary.write_bytes(self.hdr_bytes(frames_expected))
+        self._stream = open(self.path, "wb", buffering=0)  # noqa: SIM115
+
+    def __enter__(self) -> MibWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        if not self._stream.closed:
+            os.fsync(self._stream.fileno())
+            self._stream.close()
+
+    def _timestamps(self, start: int, count: int) -> npt.NDArray[Any]:
+        index = np.arange(start, start + count, dtype=np.int64)
+        offsets = index * self.interval_ns
+        if self.scan_shape and self.flyback_ns:
+            offsets += (index // self.scan_shape[0]) * self.flyback_ns
+        return self.start_ns + offsets.astype("timedelta64[ns]")
+
+    def _headers(self, start: int, count: int) -> npt.NDArray[Any]:
+        """Headers of frames ``start:start+count``, from one template.
+
+        Only the sequence number and the two timestamps change from frame to frame, and they
+        have fixed widths (while the sequence number has six digits), so the headers are the
+        first one with those bytes replaced, vectorised.
+        """
+        stamps = self._timestamps(start, count)
+        last_sequence = self.first_sequence + start + count - 1
+        if last_sequence > 999_999:
+            return np.array(
+                [self._header(start + i, stamp) for i, stamp in enumerate(stamps)],
+                dtype=f"S{self.layout.header_size}",
+            )
+        template = np.frombuffer(self._header(0, stamps[0]), dtype=np.uint8)
+        headers = np.tile(template, (count, 1))
+        sequence = self.first_sequence + start + np.arange(count)
+        powers = 10 ** np.arange(5, -1, -1)
+        headers[:, 4:10] = ord("0") + (sequence[:, np.newaxis] // powers) % 10
+        iso = np.datetime_as_string(stamps, unit="ns").astype("S29")
+        iso_bytes = iso.view(np.uint8).reshape(count, 29)
+        local, utc = self._stamp_offsets
+        headers[:, local : local + 26] = iso_bytes[:, :26]
+        headers[:, local + 10] = ord(" ")
+        headers[:, utc : utc + 29] = iso_bytes
+        return headers.view(f"S{self.layout.header_size}").ravel()
+
+    @property
+    def _stamp_offsets(self) -> tuple[int, int]:
+        """Byte offsets of the local and UTC timestamps in a header (fields 9 and MQ1A + 1)."""
+        text = self._header(0, self.start_ns).decode("latin-1")
+        fields = text.split(",")
+        local = sum(len(field) + 1 for field in fields[:9])
+        extended = fields.index("MQ1A")
+        utc = sum(len(field) + 1 for field in fields[: extended + 1])
+        return local, utc
+
+    def _header(self, index: int, stamp: np.datetime64) -> bytes:
+        iso = str(stamp)
+        layout = self.layout
+        return format_frame_header(
+            FrameHeader(
+                sequence_number=self.first_sequence + index,
+                header_size=layout.header_size,
+                chip_count=layout.chip_count,
+                width=layout.stored_width,
+                height=layout.stored_height,
+                pixel_type=layout.pixel_type,
+                layout=layout.geometry,
+                chip_select=(1 << layout.chip_count) - 1,
+                local_time=iso.replace("T", " ")[:26],
+                shutter_s=self.exposure_s,
+                counter=0,
+                colour_mode=0,
+                gain_mode=0,
+                thresholds_kev=_THRESHOLDS,
+                dacs=tuple(["3RX", *_DACS] * layout.chip_count),
+                utc_time=iso + "Z",
+                shutter_ns=round(self.exposure_s * 1e9),
+                counter_depth=layout.counter_depth,
+            )
+        )
+
+    def records(self, frames: npt.ArrayLike) -> npt.NDArray[Any]:
+        """Encode the next frames into records, without writing them.
+
+        Parameters
+        ----------
+        frames
+            One frame ``(rows, cols)`` or a batch ``(n, rows, cols)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Structured records (``MibLayout.record_dtype``) numbered after those written.
+        """
+        batch = np.asarray(frames)
+        if batch.ndim == 2:
+            batch = batch[np.newaxis]
+        if batch.ndim != 3 or batch.shape[1:] != self.frame_shape:
+            raise ParameterError(
+                f"frames of shape {batch.shape} do not match frame_shape {self.frame_shape}",
+                parameter="frames",
+            )
+        if batch.size and not _fits(batch, self._max_value):
+            raise ParameterError(
+                f"values must lie in 0..{self._max_value} for a counter depth of "
+                f"{self.layout.counter_depth} bits",
+                parameter="frames",
+            )
+        count = len(batch)
+        records = np.empty(count, dtype=self.layout.record_dtype)
+        records["header"] = self._headers(self.frames_written, count)
+        # Processed pixels are byte-swapped by the assignment itself: one pass.
+        records["data"] = self.layout.encode(batch) if self.layout.raw else batch
+        return records
+
+    def write(self, frames: npt.ArrayLike) -> None:
+        """Append one frame ``(rows, cols)`` or a batch ``(n, rows, cols)`` of frames."""
+        records = self.records(frames)
+        self._stream.write(records.view(np.uint8).data)
+        self.frames_written += len(records)
+
+    def write_partial(self, frame: npt.ArrayLike, nbytes: int) -> None:
+        """Append only the first ``nbytes`` bytes of the next frame's record.
+
+        This is what a file holds when the camera stops mid-frame; the record is not counted
+        as written.
+        """
+        record = self.records(frame).view(np.uint8)
+        self._stream.write(record[: max(0, min(nbytes, record.size - 1))].data)
+
+    def hdr_bytes(self, frames_expected: int) -> bytes:
+        """Render the ``.hdr`` acquisition header of this acquisition.
+
+        Parameters
+        ----------
+        frames_expected
+            ``Frames in Acquisition (Number)``; 0 for an open-ended acquisition.
+
+        Returns
+        -------
+        bytes
+            The file content, space-padded to 2048 bytes.
+        """
+        layout = self.layout
+        chips = layout.chip_count
+        stamp = self.start_ns.astype("datetime64[us]").astype(datetime)
+        entries = {
+            "Time and Date Stamp (day, mnth, yr, hr, min, s)": stamp.strftime("%d/%m/%Y %H:%M:%S"),
+            "Chip ID": ",".join([f"W556_C{chip}" for chip in range(chips)] + [" - "] * (4 - chips)),
+            "Chip Type (Medipix 3.0, Medipix 3.1, Medipix 3RX)": "Medipix 3RX",
+            "Assembly Size (NX1, 2X2)": f"{'2x2' if layout.quad else '1x1':>6}",
+            "Chip Mode  (SPM, CSM, CM, CSCM)": "SPM",
+            "Counter Depth (number)": str(layout.counter_depth),
+            "Gain": "SLGM",
+            "Active Counters": "Alternating",
+            "Thresholds (keV)": ",".join(merlin_float(value) for value in _THRESHOLDS),
+            "DACs": "; ".join([",".join(_DACS)] * chips),
+            "Gap Fill Mode": "None",
+            "Flat Field File": "None",
+            "Dead Time File": "Dummy (C:\\<NUL>\\)",
+            "Acquisition Type (Normal, Th_scan, Config)": "Normal",
+            "Frames in Acquisition (Number)": str(frames_expected),
+            "Frames per Trigger (Number)": str(self.frames_per_trigger),
+            "Trigger Start (Positive, Negative, Internal)": "Internal",
+            "Trigger Stop (Positive, Negative, Internal)": "Internal",
+            "Sensor Bias (V)": "120 V",
+            "Sensor Polarity (Positive, Negative)": "Positive",
+            "Temperature (C)": "Board Temp 46.651402 Deg C",
+            "Humidity (%)": "Board Humidity 12.585205 ",
+            "Medipix Clock (MHz)": "120MHz",
+            "Readout System": "Merlin Quad" if layout.quad else "Merlin",
+            "Software Version": "1.5.0.197" if self.hdr_scan_size else "0.77",
+        }
+        if self.hdr_scan_size and self.scan_shape:
+            entries["ScanX"] = str(self.scan_shape[0])
+            entries["ScanY"] = str(self.scan_shape[-1])
+        return format_hdr_text(entries)
+
+
+def _fits(frames: npt.NDArray[Any], maximum: int) -> bool:
+    """Whether every value of ``frames`` lies in ``0..maximum`` (skipping needless passes)."""
+    info = np.iinfo(frames.dtype) if frames.dtype.kind in "ui" else None
+    if info is not None and info.min >= 0 and info.max <= maximum:
+        return True
+    low = 0 if info is not None and info.min >= 0 else frames.min()
+    return bool(low >= 0 and frames.max() <= maximum)
+
+
+def write_mib(
+    path: str | os.PathLike[str],
+    frames: npt.ArrayLike | Iterable[npt.ArrayLike],
+    *,
+    batch_frames: int = 64,
+    **options: Any,
+) -> Path:
+    """Write a whole acquisition to ``path`` (``.mib``) and its ``.hdr``, atomically.
+
+    Parameters
+    ----------
+    path
+        The ``.mib`` file to write.
+    frames
+        An array ``(..., rows, cols)`` (navigation axes are flattened; a 4-D array also sets
+        ``scan_shape``) or an iterable of frames or frame batches.
+    batch_frames
+        Frames encoded per write.
+    **options
+        Passed to :class:`MibWriter` (``counter_depth``, ``quad``, ``raw``, ...);
+        ``frame_shape`` defaults to the frames' shape.
+
+    Returns
+    -------
+    pathlib.Path
+        The written ``.mib`` file.
+    """
+    final = Path(path)
+    batches: Iterable[Any]
+    if hasattr(frames, "shape"):
+        array: Any = frames
+        options.setdefault("frame_shape", tuple(array.shape[-2:]))
+        if array.ndim == 4:
+            options.setdefault("scan_shape", (array.shape[1], array.shape[0]))
+        flat = array.reshape(-1, *array.shape[-2:])
+        batches = (
+            np.asarray(flat[start : start + batch_frames])
+            for start in range(0, len(flat), batch_frames)
+        )
+    else:
+        batches = iter(frames)  # type: ignore[arg-type]
+    write_hdr = options.pop("write_hdr", True)
+    frames_expected = options.pop("frames_expected", None)
+    with (
+        atomic_path(final) as temporary,
+        MibWriter(temporary, write_hdr=False, **options) as writer,
+    ):
+        for batch in batches:
+            writer.write(batch)
+    if write_hdr:
+        expected = writer.frames_written if frames_expected is None else frames_expected
+        with atomic_path(final.with_suffix(".hdr")) as temporary:
+            temporary.write_bytes(writer.hdr_bytes(expected))
+    return final

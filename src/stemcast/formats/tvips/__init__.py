@@ -1,0 +1,1 @@
+"""TVIPS ``.tvips`` series: header spec, record layout, series, reader and writer."""
