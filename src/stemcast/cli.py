@@ -45,21 +45,19 @@ def mib_summary(path: Path, navigation_shape: tuple[int, int] | None = None) -> 
         JSON-serialisable summary.
     """
     from stemcast.formats.mib.reader import MIBProperties, scan_shape_of
-    from stemcast.formats.mib.run import find_hdr, read_hdr
     from stemcast.shape import complete_lines
 
     prop = MIBProperties.from_path(path)
-    layout = prop._layout()
-    assert prop.run is not None
-    hdr_path = find_hdr(path)
-    hdr = read_hdr(hdr_path) if hdr_path else None
-    scan = scan_shape_of(prop, hdr, navigation_shape)
-    frames = prop.run.frames
+    run = prop.run
+    assert run is not None
+    layout = run.layout
+    scan = scan_shape_of(prop, dict(run.hdr) or None, navigation_shape)
+    frames = run.frames
     kept = complete_lines(scan.shape, frames) if len(scan.shape) > 1 else (frames,)
     return {
         "format": "Merlin mib",
-        "files": [segment.path for segment in prop.run.segments],
-        "hdr": str(hdr_path) if hdr_path else None,
+        "files": run.files,
+        "hdr": run.hdr_path,
         "frames": frames,
         "bytes": prop.file_size,
         "frame_shape": list(layout.frame_shape),
@@ -490,7 +488,8 @@ def _convert_sources(
     paths: Sequence[Path], targets: Sequence[str], output: Path
 ) -> tuple[list[Path], bool]:
     """Find the runs to convert, each once; say whether a path named none (error printed)."""
-    from stemcast.convert.run import output_paths, run_source
+    from stemcast.convert.run import output_paths
+    from stemcast.formats.runs import run_source
 
     runs: list[Path] = []
     claimed: dict[Path, Path] = {}

@@ -8,8 +8,10 @@ evidence it came from, so that a user can tell a measured shape from a guess.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +22,7 @@ __all__ = [
     "Evidence",
     "ScanGrid",
     "ScanShape",
+    "check_navigation_shape",
     "complete_lines",
     "infer_scan_shape",
     "line_width_from_timestamps",
@@ -69,6 +72,52 @@ class ScanShape:
     def frames(self) -> int:
         """Frames the shape holds."""
         return int(np.prod(self.shape, dtype=np.int64))
+
+
+def check_navigation_shape(
+    value: Any, *, parameter: str = "navigation_shape", ndim: int | None = None
+) -> tuple[int, ...]:
+    """Return a navigation shape given by a user as a tuple of positive ints, or refuse it.
+
+    Parameters
+    ----------
+    value
+        The shape as given: a sequence of integers (``(x, y)`` in HyperSpy order).
+    parameter
+        The parameter's name, for the error.
+    ndim
+        The number of axes required, if any.
+
+    Returns
+    -------
+    tuple of int
+        The shape.
+
+    Raises
+    ------
+    ParameterError
+        When ``value`` is not a sequence of integers (a string, floats, booleans), is empty,
+        has a size below 1, or does not have ``ndim`` axes.
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ParameterError(f"expected a tuple of int, got {value!r}", parameter=parameter)
+    try:
+        shape = tuple(
+            operator.index(size) for size in value if not isinstance(size, (bool, np.bool_))
+        )
+    except TypeError:
+        raise ParameterError(
+            f"expected a tuple of int, got {value!r}", parameter=parameter
+        ) from None
+    if len(shape) != len(value):
+        raise ParameterError(f"expected a tuple of int, got {value!r}", parameter=parameter)
+    if not shape or any(size < 1 for size in shape):
+        raise ParameterError(f"{shape} has a size below 1", parameter=parameter)
+    if ndim is not None and len(shape) != ndim:
+        raise ParameterError(
+            f"{shape} has {len(shape)} axes; a scan shape has {ndim}", parameter=parameter
+        )
+    return shape
 
 
 def line_width_from_timestamps(

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import ParameterError
+from stemcast.formats.blockfile.spec import INTENSITY_SCALINGS
 
 __all__ = [
     "AUTO_SCALING",
@@ -28,7 +29,6 @@ __all__ = [
 TARGETS: dict[str, str] = {"blockfile": ".blo", "emd": ".emd"}
 
 _GZIP_DEFAULT_LEVEL = 4
-_SCALINGS = ("dtype", "minmax", "crop")
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "blockfile": ("endianess", "intensity_scaling"),
     "emd": ("chunks", "compression", "compression_opts", "shuffle"),
@@ -151,9 +151,10 @@ def _blockfile_options(items: Mapping[str, Any]) -> dict[str, Any]:
     scaling = items.get("intensity_scaling", AUTO_SCALING)
     where = "options.blockfile.intensity_scaling"
     if isinstance(scaling, str):
-        if scaling not in (*_SCALINGS, AUTO_SCALING):
+        if scaling not in (*INTENSITY_SCALINGS, AUTO_SCALING):
             raise ParameterError(
-                f"{scaling!r} is not None, {', '.join(map(repr, _SCALINGS))} or [low, high]",
+                f"{scaling!r} is not None, "
+                f"{', '.join(map(repr, INTENSITY_SCALINGS))} or [low, high]",
                 parameter=where,
             )
     elif scaling is not None:

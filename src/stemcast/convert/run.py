@@ -54,25 +54,27 @@ from stemcast.convert.options import (
     AUTO_SCALING,
     TARGETS,
     check_options,
-    is_int,
     parse_targets,
     resolve_scaling,
 )
 from stemcast.errors import (
-    FormatError,
     OutputError,
     ParameterError,
     StemcastError,
     TruncatedError,
 )
-from stemcast.service.tail import MibSource, NotReady, Source, TvipsSource, open_source
-from stemcast.shape import Evidence, ScanShape, complete_lines
+from stemcast.formats.blockfile.spec import MAX_SIZE, RECORD_HEADER_SIZE
+from stemcast.formats.runs import open_run, run_name, run_source
+from stemcast.shape import Evidence, ScanShape, check_navigation_shape, complete_lines
+from stemcast.sink import FrameSink
+from stemcast.source import Source
 
 __all__ = [
     "TARGETS",
     "Cancelled",
     "Converted",
     "check_options",
+    "convert_mib",
     "convert_on_worker",
     "convert_run",
     "output_paths",
@@ -88,10 +90,6 @@ _BATCH_BYTES = 16 * 2**20
 #: Free space kept for HDF5's own structures (chunk index, metadata) when it closes a file.
 _EMD_RESERVE_BYTES = 2**20
 _EMD_RESERVE_PER_FRAME = 64
-_BLOCKFILE_MAX = 65535
-#: Bytes before each frame of a blockfile (marker and frame number).
-_BLOCKFILE_RECORD_HEADER = 6
-_TVIPS_PART = re.compile(r"^(?P<base>.+)_(?P<index>\d{3})$")
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial$")
 #: Seconds between two looks at the cancel event, and between two progress reports, on a
 #: dask worker (each is a round trip to the scheduler).
@@ -107,55 +105,6 @@ class Cancelled(Exception):
 # ------------------------------------------------------------------------------------------
 # Sources and outputs
 # ------------------------------------------------------------------------------------------
-
-
-def run_source(path: str | os.PathLike[str]) -> Path:
-    """Return the first file of the run that ``path`` belongs to.
-
-    Parameters
-    ----------
-    path
-        A ``.mib`` file (of a run in one file or split over several), or any part of a TVIPS
-        series (``NAME_NNN.tvips``, or ``NAME.tvips`` for ``NAME_000.tvips``).
-
-    Returns
-    -------
-    pathlib.Path
-        The ``.mib`` file that starts the run, or the ``_000`` part of the series.
-
-    Raises
-    ------
-    ParameterError
-        When ``path`` does not exist.
-    FormatError
-        When ``path`` is not a file of a Merlin run or a TVIPS series.
-    """
-    from stemcast.formats.mib.run import MibRun
-    from stemcast.formats.tvips.run import part_path
-
-    given = Path(path)
-    if not given.exists():
-        raise ParameterError("no such file", path=given, parameter="source")
-    if not given.is_file():
-        raise FormatError("not a file", path=given)
-    suffix = given.suffix.lower()
-    if suffix == ".mib":
-        return Path(MibRun.open(given).path)
-    if suffix == ".tvips":
-        match = _TVIPS_PART.match(given.stem)
-        base = given.with_name(match["base"] if match else given.stem)
-        first = part_path(base, given.suffix, 0)
-        if not first.is_file():
-            raise FormatError(f"the first part of the series, {first.name}, is missing", path=given)
-        return first
-    raise FormatError("not a Merlin .mib file or a part of a TVIPS .tvips series", path=given)
-
-
-def _run_name(source: Path) -> str:
-    if source.suffix.lower() == ".tvips":
-        match = _TVIPS_PART.match(source.stem)
-        return match["base"] if match else source.stem
-    return source.stem
 
 
 def output_paths(
@@ -190,7 +139,7 @@ def output_paths(
     if relative_to is not None:
         with contextlib.suppress(ValueError):
             folder = folder / first.parent.relative_to(os.path.abspath(relative_to))
-    name = _run_name(first)
+    name = run_name(first)
     return {target: folder / f"{name}{TARGETS[target]}" for target in parse_targets(targets)}
 
 
@@ -225,28 +174,24 @@ class _Plan:
 
 
 def _open(first: Path) -> Source:
-    try:
-        return open_source(first)
-    except NotReady:
-        raise TruncatedError(
-            "the run does not hold its first frame header yet", path=first
-        ) from None
+    source = open_run(first)
+    if source.frames == 0:
+        raise TruncatedError("the run holds no complete frame", path=first)
+    return source
 
 
-def _plan(first: Path, navigation_shape: Sequence[int] | None) -> _Plan:
+def _plan(
+    first: Path, navigation_shape: Sequence[int] | None, *, partial_line_stack: bool = True
+) -> _Plan:
     source = _open(first)
     available = source.frames
-    if available == 0:
-        raise TruncatedError("the run holds no complete frame", path=first)
     if navigation_shape is not None:
-        shape = _user_shape(navigation_shape)
+        shape = check_navigation_shape(navigation_shape)
         scan = ScanShape(shape, Evidence.USER, f"navigation shape {shape} given")
         grid = None
-    elif isinstance(source, MibSource):
-        scan, grid = _mib_scan(source), None
     else:
-        assert isinstance(source, TvipsSource)
-        scan, grid = _tvips_scan(source)
+        found = source.scan()
+        scan, grid = found.scan, found.frames
     if grid is not None:
         navigation = scan.shape
         positions: npt.NDArray[np.int64] | None = grid.reshape(-1)
@@ -254,6 +199,12 @@ def _plan(first: Path, navigation_shape: Sequence[int] | None) -> _Plan:
         navigation = complete_lines(scan.shape, available)
         positions = None
         if len(navigation) > 1 and navigation[-1] == 0:
+            if not partial_line_stack:
+                raise ParameterError(
+                    f"{available} frames do not fill one line of the scan {scan.shape}",
+                    path=first,
+                    parameter="navigation_shape",
+                )
             _logger.warning(
                 "%s: %d frames do not fill one line of the scan %s: writing a stack",
                 first,
@@ -269,81 +220,9 @@ def _plan(first: Path, navigation_shape: Sequence[int] | None) -> _Plan:
                 available,
                 navigation,
             )
-    if isinstance(source, MibSource):
-        navigation = tuple(size for size in navigation if size != 1)
-        signal = _mib_signal(source, navigation, scan)
-    else:
-        assert isinstance(source, TvipsSource)
-        signal = _tvips_signal(source, navigation, scan)
-    return _Plan(source, _run_name(first), navigation, positions, scan, signal)
-
-
-def _user_shape(navigation_shape: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(navigation_shape, (str, bytes)) or not isinstance(navigation_shape, Sequence):
-        raise ParameterError(
-            f"{navigation_shape!r} is not a sequence of int", parameter="navigation_shape"
-        )
-    if not navigation_shape or not all(is_int(size) and size >= 1 for size in navigation_shape):
-        raise ParameterError(
-            f"{tuple(navigation_shape)} is not a shape of positive sizes",
-            parameter="navigation_shape",
-        )
-    return tuple(int(size) for size in navigation_shape)
-
-
-def _mib_scan(source: MibSource) -> ScanShape:
-    from stemcast.formats.mib.reader import MIBProperties, scan_shape_of
-
-    prop = MIBProperties.from_path(source.path)
-    return scan_shape_of(prop, source.hdr or None, None)
-
-
-def _tvips_scan(source: TvipsSource) -> tuple[ScanShape, npt.NDArray[np.int64] | None]:
-    from stemcast.formats.tvips.reader import auto_scan
-
-    found = auto_scan(source.series)
-    return found.scan, found.frames
-
-
-def _shape_stub(shape: tuple[int, ...]) -> npt.NDArray[np.int64]:
-    """Return an array of ``shape`` that takes no memory, for the readers' axis builders."""
-    return np.broadcast_to(np.int64(0), shape)
-
-
-def _mib_signal(source: MibSource, navigation: tuple[int, ...], scan: ScanShape) -> dict[str, Any]:
-    """Axes and metadata as :func:`stemcast.readers.mib.file_reader` gives them."""
-    from stemcast.formats.mib.reader import MIBProperties, signal_dict
-
-    prop = MIBProperties.from_path(source.path)
-    stub = _shape_stub((*reversed(navigation), *source.frame_shape))
-    signal = signal_dict(stub, prop, source.hdr or None, scan, Path(source.path).name)
-    del signal["data"]
-    return signal
-
-
-def _tvips_signal(
-    source: TvipsSource, navigation: tuple[int, ...], scan: ScanShape
-) -> dict[str, Any]:
-    """Axes and metadata as :func:`stemcast.readers.tvips.file_reader` gives them."""
-    from stemcast.formats.tvips.reader import signal_axes, signal_metadata
-    from stemcast.formats.tvips.spec import frame_header_from_record
-
-    series = source.series
-    first = frame_header_from_record(series.headers(0, 1)[0])
-    stack = scan.evidence is Evidence.NONE or len(navigation) < 2
-    stub = _shape_stub(tuple(reversed(navigation)))
-    return {
-        "axes": signal_axes(series, stub, stack, first),
-        "metadata": signal_metadata(series, first),
-        "original_metadata": {},
-    }
-
-
-def _record_size(source: Source) -> int:
-    if isinstance(source, MibSource):
-        return source.run.layout.record_size
-    assert isinstance(source, TvipsSource)
-    return source.series.layout.record_size
+    navigation = source.navigation(navigation)
+    signal = source.signal(navigation, scan)
+    return _Plan(source, source.name, navigation, positions, scan, signal)
 
 
 def _check_targets(plan: _Plan, targets: Sequence[str], options: Mapping[str, Any]) -> None:
@@ -357,16 +236,16 @@ def _check_targets(plan: _Plan, targets: Sequence[str], options: Mapping[str, An
                 parameter="targets",
                 path=where,
             )
-        if cols > _BLOCKFILE_MAX:
+        if cols > MAX_SIZE:
             raise ParameterError(
-                f"frames of {cols} pixels: a blockfile holds at most {_BLOCKFILE_MAX}",
+                f"frames of {cols} pixels: a blockfile holds at most {MAX_SIZE}",
                 parameter="targets",
                 path=where,
             )
-        if len(plan.navigation) > 2 or any(size > _BLOCKFILE_MAX for size in plan.navigation):
+        if len(plan.navigation) > 2 or any(size > MAX_SIZE for size in plan.navigation):
             raise ParameterError(
                 f"navigation shape {plan.navigation}: a blockfile holds at most 2 navigation "
-                f"axes of at most {_BLOCKFILE_MAX} positions",
+                f"axes of at most {MAX_SIZE} positions",
                 parameter="navigation_shape",
                 path=where,
             )
@@ -399,13 +278,16 @@ def _read_span(plan: _Plan) -> tuple[int, int]:
 
 
 def _source_batches(source: Source, start: int, stop: int, step: int) -> Iterator[FrameBatch]:
-    for first in range(start, stop, step):
+    batches = source.batches(start, stop, batch_frames=step)
+    while True:
         try:
-            batch = source.read(first, min(first + step, stop))
+            batch = next(batches, None)
         except OSError as error:
             raise StemcastError(
                 f"cannot read the run: {_os_reason(error)}", path=source.path
             ) from error
+        if batch is None:
+            return
         yield batch
 
 
@@ -436,10 +318,10 @@ def _data_range(
 ) -> tuple[tuple[float, float], int]:
     """Minimum and maximum of the frames to write (the first pass of ``"minmax"``)."""
     start, stop = _read_span(plan)
-    if isinstance(plan.source, MibSource) and plan.positions is None:
+    if plan.positions is None:
         if cancelled():
             raise Cancelled(f"conversion of {plan.source.path} cancelled")
-        return plan.source.run.value_range(plan.count, batch_frames=step), plan.count
+        return plan.source.value_range(plan.count, batch_frames=step), plan.count
     low, high = np.inf, -np.inf
     for frames in _frames(plan, step):
         if cancelled():
@@ -493,22 +375,30 @@ def _prepare_folder(path: Path) -> None:
 
 
 class _Output:
-    """One target being written: a writer, its path, and how to feed, commit or drop it."""
+    """One target being written: its sink, its path, and whether it was committed."""
 
-    def __init__(self, target: str, path: Path, plan: _Plan, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        target: str,
+        path: Path,
+        plan: _Plan,
+        options: Mapping[str, Any],
+        writer_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.target = target
         self.path = path
         self.committed = False
         #: Free space an HDF5 file needs to close cleanly; 0 for outputs that fail safely.
         self.reserve = 0
         self._plan = plan
+        extra = writer_options or {}
         with _writing(path):
             if target == "blockfile":
-                self._writer: Any = self._blockfile(options)
+                self._sink: FrameSink = self._blockfile(options, extra)
             else:
-                self._writer = self._emd(options)
+                self._sink = self._emd(options)
 
-    def _blockfile(self, options: Mapping[str, Any]) -> Any:
+    def _blockfile(self, options: Mapping[str, Any], extra: Mapping[str, Any]) -> FrameSink:
         from stemcast.formats.blockfile.writer import BlockfileWriter
 
         plan = self._plan
@@ -520,16 +410,18 @@ class _Output:
                 self.path,
                 plan.source.dtype,
             )
+        header = {**_blockfile_header(plan), **extra.get("header", {})}
         return BlockfileWriter(
             self.path,
             plan.navigation,
             plan.frame_shape[1],
             intensity_scaling=tuple(scaling) if isinstance(scaling, list) else scaling,
-            header=_blockfile_header(plan),
+            header=header,
             endianess=options.get("endianess", "<"),
+            **{key: value for key, value in extra.items() if key != "header"},
         )
 
-    def _emd(self, options: Mapping[str, Any]) -> Any:
+    def _emd(self, options: Mapping[str, Any]) -> FrameSink:
         from stemcast.formats.emd.writer import EmdWriter
 
         plan = self._plan
@@ -552,21 +444,18 @@ class _Output:
     def batch_bytes(self, frames: npt.NDArray[Any]) -> int:
         """Bytes that writing ``frames`` adds to the output (at most)."""
         if self.target == "blockfile":
-            return len(frames) * (int(frames[0].size) + _BLOCKFILE_RECORD_HEADER)
+            return len(frames) * (int(frames[0].size) + RECORD_HEADER_SIZE)
         return int(frames.nbytes)
 
     def write(self, frames: npt.NDArray[Any]) -> None:
         """Append frames in raster order."""
         with _writing(self.path):
-            if self.target == "blockfile":
-                self._writer.write(frames)
-            else:
-                self._writer.append(frames)
+            self._sink.write(frames)
 
     def commit(self) -> None:
         """Finish the file and rename it into place."""
         with _writing(self.path):
-            self._writer.close()
+            self._sink.commit()
         self.committed = True
 
     def drop(self) -> None:
@@ -575,10 +464,7 @@ class _Output:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             return
-        if self.target == "blockfile":
-            self._writer.discard()
-        else:
-            self._writer.abort()
+        self._sink.abort()
 
 
 def _write_batch(
@@ -746,11 +632,32 @@ def convert_run(
     """
     chosen = parse_targets(targets)
     checked = check_options(chosen, options)
-    is_cancelled = cancelled or _never
     first = run_source(source)
     plan = _plan(first, navigation_shape)
     _check_targets(plan, chosen, checked)
     paths = output_paths(first, chosen, output_dir, relative_to=relative_to)
+    return _convert(
+        plan,
+        {target: (path, checked[target], {}) for target, path in paths.items()},
+        step=_batch_frames(plan),
+        progress=progress,
+        cancelled=cancelled or _never,
+    )
+
+
+def _convert(
+    plan: _Plan,
+    targets: Mapping[str, tuple[Path, Mapping[str, Any], Mapping[str, Any]]],
+    *,
+    step: int,
+    progress: Callable[[int, int], None] | None,
+    cancelled: Callable[[], bool],
+) -> Converted:
+    """Write the planned frames to every target: ``{target: (path, options, writer_options)}``.
+
+    The targets' options are checked; writer options go to the writer as they are.
+    """
+    first = plan.source.path
     _logger.info(
         "converting %s (%s, scan %s from %s: %s) to %s",
         first,
@@ -758,38 +665,34 @@ def convert_run(
         plan.navigation,
         plan.scan.evidence.value,
         plan.scan.detail,
-        ", ".join(map(str, paths.values())),
+        ", ".join(str(path) for path, _, _ in targets.values()),
     )
-    for path in paths.values():
+    for path, _, _ in targets.values():
         _prepare_folder(path)
-    step = _batch_frames(plan)
-    record = _record_size(plan.source)
+    options = {target: dict(target_options) for target, (_, target_options, _) in targets.items()}
     frames_read = 0
-    if "blockfile" in checked:
-        checked = {**checked, "blockfile": resolve_scaling(checked["blockfile"], plan.source.dtype)}
-    if checked.get("blockfile", {}).get("intensity_scaling") == "minmax":
-        data_range, frames_read = _data_range(plan, step, is_cancelled)
-        checked = {
-            **checked,
-            "blockfile": {**checked["blockfile"], "intensity_scaling": list(data_range)},
-        }
+    if "blockfile" in options:
+        options["blockfile"] = resolve_scaling(options["blockfile"], plan.source.dtype)
+        if options["blockfile"].get("intensity_scaling") == "minmax":
+            data_range, frames_read = _data_range(plan, step, cancelled)
+            options["blockfile"]["intensity_scaling"] = list(data_range)
     start, stop = _read_span(plan)
     outputs: list[_Output] = []
     try:
-        for target, path in paths.items():
-            outputs.append(_Output(target, path, plan, checked[target]))
+        for target, (path, _, writer_options) in targets.items():
+            outputs.append(_Output(target, path, plan, options[target], writer_options))
         done = 0
         if progress is not None:
             progress(0, plan.count)
         with ThreadPoolExecutor(max_workers=len(outputs)) as pool:
             for frames in _frames(plan, step):
-                if is_cancelled():
+                if cancelled():
                     raise Cancelled(f"conversion of {first} cancelled")
                 _write_batch(outputs, frames, pool if done else None)
                 done += len(frames)
                 if progress is not None:
                     progress(done, plan.count)
-        if is_cancelled():
+        if cancelled():
             raise Cancelled(f"conversion of {first} cancelled")
         for output in outputs:
             output.commit()
@@ -805,9 +708,85 @@ def convert_run(
         outputs={output.target: os.fspath(output.path) for output in outputs},
         frames=plan.count,
         navigation_shape=plan.navigation,
-        bytes_read=frames_read * record,
+        bytes_read=frames_read * plan.source.record_size,
         bytes_written=sum(output.path.stat().st_size for output in outputs),
     )
+
+
+def convert_mib(
+    source: str | os.PathLike[str],
+    filename: str | os.PathLike[str],
+    *,
+    navigation_shape: Sequence[int] | None = None,
+    intensity_scaling: str | tuple[float, float] | None = None,
+    navigator: str | npt.ArrayLike | None = "navigator",
+    header: Mapping[str, Any] | None = None,
+    batch_frames: int | None = None,
+    show_progressbar: bool = False,
+    endianess: str = "<",
+) -> Path:
+    """Convert a Merlin run to a blockfile, reading and writing a batch of frames at a time.
+
+    A call of the one converter (:func:`convert_run`) with a blockfile output of your
+    choosing: the frames are oriented as :func:`stemcast.readers.mib.file_reader` (and the
+    reference reader) return them, so the result equals reading the run with ``file_reader``
+    and writing it with :func:`stemcast.writers.blockfile.file_writer`. The scan shape is the
+    one ``file_reader`` finds (``.hdr``, timestamps); an interrupted acquisition keeps its
+    complete lines.
+
+    Parameters
+    ----------
+    source
+        A ``.mib`` file of the run.
+    filename
+        The ``.blo`` file to write.
+    navigation_shape
+        ``(x, y)`` scan shape; inferred when ``None``.
+    intensity_scaling, navigator, show_progressbar, endianess
+        As :func:`stemcast.writers.blockfile.file_writer`. ``"minmax"`` takes a first pass
+        over the run for the minimum and maximum.
+    header
+        Header fields to write (calibrations ``SX``, ``SY``, ``SDP``, ``Beam_energy``, ...,
+        ``"Note"``) over those taken from the run's metadata (``Acquisition_time``: the time
+        of the first frame).
+    batch_frames
+        Frames read and converted at a time; by default about 16 MiB of source frames.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+
+    Raises
+    ------
+    ParameterError
+        Bad options, non-square frames, or a scan that the frames do not fill one line of.
+    """
+    first = run_source(source)
+    if first.suffix.lower() != ".mib":
+        raise ParameterError("not a Merlin .mib file", path=source, parameter="source")
+    scaling = list(intensity_scaling) if isinstance(intensity_scaling, tuple) else intensity_scaling
+    checked = check_options(
+        ["blockfile"],
+        {"blockfile": {"intensity_scaling": scaling, "endianess": endianess}},
+    )
+    plan = _plan(first, navigation_shape, partial_line_stack=False)
+    _check_targets(plan, ["blockfile"], checked)
+    if batch_frames is not None and batch_frames < 1:
+        raise ParameterError(f"{batch_frames} is below 1", parameter="batch_frames")
+    writer_options = {
+        "navigator": navigator,
+        "header": dict(header or {}),
+        "show_progressbar": show_progressbar,
+    }
+    _convert(
+        plan,
+        {"blockfile": (Path(filename), checked["blockfile"], writer_options)},
+        step=batch_frames or _batch_frames(plan),
+        progress=None,
+        cancelled=_never,
+    )
+    return Path(filename)
 
 
 def throttled(report: Callable[[int, int], None], interval_s: float) -> Callable[[int, int], None]:

@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from stemcast.errors import ParameterError
+from stemcast.shape import check_navigation_shape
 
 __all__ = ["ConversionRule", "ServiceSettings", "http_bind_address", "load_settings"]
 
@@ -273,9 +274,13 @@ class ServiceSettings(BaseSettings):
     @field_validator("navigation_shape")
     @classmethod
     def _positive_shape(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and min(value) < 1:
-            raise ValueError(f"navigation shape {value} has a size below 1")
-        return value
+        if value is None:
+            return None
+        try:
+            x, y = check_navigation_shape(value, ndim=2)
+        except ParameterError as error:
+            raise ValueError(error.problem) from None
+        return x, y
 
     @field_validator("watch", "input_roots")
     @classmethod

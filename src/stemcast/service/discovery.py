@@ -17,16 +17,15 @@ from pathlib import Path
 from watchfiles import Change, awatch
 
 from stemcast.errors import ParameterError
-from stemcast.service.tail import run_kind
+from stemcast.formats.runs import run_kind
+from stemcast.formats.tvips.run import is_tvips
 
 __all__ = ["is_run_file", "list_runs", "watch"]
 
 
 def is_run_file(change: Change, path: str) -> bool:
     """Whether a file-system change concerns a run file (``.mib``, ``.tvips``)."""
-    return change != Change.deleted and (
-        run_kind(path) is not None or path.lower().endswith(".tvips")
-    )
+    return change != Change.deleted and (run_kind(path) is not None or is_tvips(path))
 
 
 def list_runs(directories: Sequence[Path]) -> list[str]:

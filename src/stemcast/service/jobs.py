@@ -33,12 +33,13 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from stemcast.errors import FormatError, ParameterError, StemcastError
+from stemcast.errors import ParameterError, StemcastError
+from stemcast.formats.runs import open_run, run_source
 from stemcast.service.config import ServiceSettings
 from stemcast.service.metrics import Metrics
 from stemcast.service.registry import Registry
-from stemcast.service.tail import NotReady, open_source
 from stemcast.service.worker import JobControl, WorkerDied, convert_in_worker, worker_pool
+from stemcast.shape import check_navigation_shape
 
 __all__ = ["JobConflict", "JobManager"]
 
@@ -416,13 +417,8 @@ async def _connect(address: str) -> Any:
 
 def _describe(source: str | os.PathLike[str]) -> tuple[str, list[list[Any]]]:
     """Return the run's first file (resolved) and ``[file, size, mtime_ns]`` of its files."""
-    from stemcast.convert.run import run_source
-
     first = os.path.realpath(run_source(source))
-    try:
-        files = open_source(first).files
-    except NotReady:
-        raise FormatError("the run's first frame is not written yet", path=first) from None
+    files = open_run(first).files
     described = []
     for name in files:
         status = os.stat(name)
@@ -439,18 +435,7 @@ def _job_key(fields: dict[str, Any]) -> str:
 def _navigation_shape(shape: Sequence[int] | None) -> list[int] | None:
     if shape is None:
         return None
-    try:
-        values = [int(size) for size in shape]
-    except (TypeError, ValueError):
-        raise ParameterError(
-            f"{shape!r} is not a scan shape [x, y]", parameter="navigation_shape"
-        ) from None
-    if len(values) != 2 or min(values) < 1:
-        raise ParameterError(
-            f"{shape!r} is not a scan shape [x, y] of positive sizes",
-            parameter="navigation_shape",
-        )
-    return values
+    return list(check_navigation_shape(shape, ndim=2))
 
 
 def _shape_tuple(shape: list[int] | None) -> tuple[int, int] | None:

@@ -24,7 +24,7 @@ from stemcast.service.navigation import NavigationTracker
 from stemcast.service.protocol import Status
 from stemcast.service.publish import Publisher, SeriesState
 from stemcast.service.registry import Registry
-from stemcast.service.tail import Source, series_fields
+from stemcast.service.tail import FollowedRun, series_fields
 
 __all__ = ["RunFollower"]
 
@@ -62,7 +62,7 @@ class RunFollower:
 
     def __init__(
         self,
-        source: Source,
+        source: FollowedRun,
         publisher: Publisher,
         settings: ServiceSettings,
         stopping: asyncio.Event,

@@ -1,10 +1,11 @@
 """Follow one run on disk: look at its file sizes and read only its complete records.
 
-A source wraps the readers' own run objects (:class:`~stemcast.readers.mib.MibRun`,
-:class:`~stemcast.readers.tvips.TvipsSeries`): they count complete records from file sizes,
-read them with positional reads and decode them with the format's record layout, so the live
-path shares every byte of decoding with the offline reader. The methods here block (they do
-file I/O); the service calls them through :func:`asyncio.to_thread`.
+A followed run wraps the format's run model (:class:`~stemcast.formats.mib.run.MibRun`,
+:class:`~stemcast.formats.tvips.run.TvipsSeries`, each a :class:`~stemcast.source.Source`):
+they count complete records from file sizes, read them with positional reads and decode them
+with the format's record layout, so the live path shares every byte of decoding with the
+offline reader. The methods here block (they do file I/O); the service calls them through
+:func:`asyncio.to_thread`.
 """
 
 from __future__ import annotations
@@ -20,45 +21,21 @@ import numpy.typing as npt
 
 from stemcast.batch import FrameBatch
 from stemcast.errors import FormatError
-from stemcast.formats.mib.reader import timestamps_ns
-from stemcast.formats.mib.run import MibRun, find_hdr, read_hdr
-from stemcast.formats.mib.spec import PREFIX_SIZE, parse_header_size
+from stemcast.formats.mib.run import MibRun
+from stemcast.formats.mib.spec import PREFIX_SIZE, parse_header_size, timestamps_ns
+from stemcast.formats.runs import run_kind
 from stemcast.formats.tvips.run import TvipsSeries, part_path, series_base
 from stemcast.formats.tvips.spec import MAIN_HEADER_SIZE
 from stemcast.service.protocol import wire_dtype
 
-__all__ = ["MibSource", "NotReady", "Source", "TvipsSource", "open_source", "run_kind"]
-
-_TVIPS_FIRST = re.compile(r"_000\.tvips$", re.IGNORECASE)
+__all__ = ["FollowedRun", "MibSource", "NotReady", "TvipsSource", "open_source"]
 
 
 class NotReady(Exception):
     """The file of a new run does not yet hold enough bytes to tell its layout."""
 
 
-def run_kind(path: str | os.PathLike[str]) -> str | None:
-    """Say which kind of run file ``path`` is: ``"mib"``, ``"tvips"`` (first part) or ``None``.
-
-    Parameters
-    ----------
-    path
-        A file name.
-
-    Returns
-    -------
-    str or None
-        ``"mib"`` for a Merlin ``.mib`` file, ``"tvips"`` for the ``_000`` part of a TVIPS
-        series; ``None`` for anything else (``.hdr`` files, later TVIPS parts).
-    """
-    name = os.path.basename(os.fspath(path))
-    if name.lower().endswith(".mib"):
-        return "mib"
-    if _TVIPS_FIRST.search(name):
-        return "tvips"
-    return None
-
-
-class Source(ABC):
+class FollowedRun(ABC):
     """A run being followed: its files, complete records and what the headers announce."""
 
     detector: str
@@ -141,7 +118,7 @@ class Source(ABC):
         return {}
 
 
-class MibSource(Source):
+class MibSource(FollowedRun):
     """A Merlin run: one growing ``.mib`` file or several, with its ``.hdr``."""
 
     detector = "merlin"
@@ -149,10 +126,6 @@ class MibSource(Source):
 
     def __init__(self, run: MibRun) -> None:
         self.run = run
-        self._records: npt.NDArray[Any] | None = None
-        hdr_path = find_hdr(run.path)
-        self.hdr_path = os.fspath(hdr_path) if hdr_path else None
-        self.hdr = read_hdr(hdr_path) if hdr_path else {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> MibSource:
@@ -222,33 +195,26 @@ class MibSource(Source):
         """Merlin counter depth: 1, 6, 12 or 24 bits."""
         return self.run.layout.counter_depth
 
-    def _hdr_int(self, key: str) -> int | None:
-        try:
-            return int(self.hdr[key].strip())
-        except (KeyError, ValueError):
-            return None
-
     @property
     def frames_expected(self) -> int | None:
         """``Frames in Acquisition`` of the ``.hdr`` (``None`` when absent or 0)."""
-        return self._hdr_int("Frames in Acquisition (Number)") or None
+        return self.run.hdr_scan.frames_expected or None
 
     @property
     def hdr_shape(self) -> tuple[int, int] | None:
         """``ScanX``/``ScanY`` of the ``.hdr`` (Merlin software 1.5 and later)."""
-        x, y = self._hdr_int("ScanX"), self._hdr_int("ScanY")
-        return (x, y) if x and y else None
+        return self.run.hdr_scan.scan_size
 
     @property
     def frames_per_line(self) -> int | None:
         """``Frames per Trigger`` of the ``.hdr``: the scan width for line-triggered scans."""
-        return self._hdr_int("Frames per Trigger (Number)")
+        return self.run.hdr_scan.frames_per_trigger
 
     def metadata(self) -> dict[str, Any]:
         """Layout and acquisition details from the first frame header and the ``.hdr``."""
         layout, first = self.run.layout, self.run.first_header
         return {
-            "hdr": self.hdr_path,
+            "hdr": self.run.hdr_path,
             "raw": layout.raw,
             "geometry": layout.geometry,
             "header_size": layout.header_size,
@@ -262,21 +228,8 @@ class MibSource(Source):
         self.run = self.run.refresh(siblings=rescan)
 
     def read(self, start: int, stop: int) -> FrameBatch:
-        """Read and decode complete records ``start:stop``, oriented as ``file_reader`` does.
-
-        Merlin stores frames bottom row first; the offline reader flips them, and so does the
-        service (decoding into a flipped view: one pass), so that a frame on the wire equals
-        the reader's frame bit for bit. The records are read into a buffer reused from batch
-        to batch; the frames are a new array, which the publisher sends without a copy.
-        """
-        count = stop - start
-        layout = self.run.layout
-        if self._records is None or len(self._records) < count:
-            self._records = np.empty(count, dtype=layout.record_dtype)
-        records = self.run.read_records(start, stop, out=self._records[:count])
-        frames = np.empty((count, *layout.frame_shape), dtype=layout.dtype)
-        layout.decode(records["data"], out=frames[:, ::-1])
-        return FrameBatch(start, frames, records["header"].copy())
+        """Read and decode complete records ``start:stop``, oriented as ``file_reader`` does."""
+        return next(self.run.batches(start, stop, batch_frames=max(1, stop - start)))
 
     def times_ns(self, batch: FrameBatch) -> npt.NDArray[np.int64] | None:
         """Frame timestamps from the extended (``MQ1A``) header block."""
@@ -289,7 +242,7 @@ class MibSource(Source):
         return self.run.first_header.exposure_ms
 
 
-class TvipsSource(Source):
+class TvipsSource(FollowedRun):
     """A rolling TVIPS series: ``NAME_000.tvips``, ``NAME_001.tvips``, ..."""
 
     detector = "tvips"
@@ -409,7 +362,7 @@ class TvipsSource(Source):
         }
 
 
-def open_source(path: str | os.PathLike[str]) -> Source:
+def open_source(path: str | os.PathLike[str]) -> FollowedRun:
     """Open the run whose first file is ``path``.
 
     Parameters
@@ -419,7 +372,7 @@ def open_source(path: str | os.PathLike[str]) -> Source:
 
     Returns
     -------
-    Source
+    FollowedRun
         The run, counted as far as its complete records go.
 
     Raises
@@ -437,7 +390,7 @@ def open_source(path: str | os.PathLike[str]) -> Source:
     raise FormatError("not the first file of a Merlin or TVIPS run", path=path)
 
 
-def series_fields(source: Source) -> dict[str, Any]:
+def series_fields(source: FollowedRun) -> dict[str, Any]:
     """Return the run-describing fields of a series header."""
     return {
         "sources": source.files,

@@ -42,7 +42,12 @@ ASTAR_UNKNOWN1 = 131135
 DEFAULT_ACQUISITION_TIME = 25570.0
 #: First two bytes of every frame record, before the serial number.
 FRAME_MARKER = 0x55AA
+#: Bytes before each frame: the marker and the frame's serial number.
 RECORD_HEADER_SIZE = 6
+#: Largest scan size and frame size: the header stores them as 16-bit integers.
+MAX_SIZE = 65535
+#: The named ``intensity_scaling`` options of the writers (besides ``None`` and a range).
+INTENSITY_SCALINGS = ("dtype", "minmax", "crop")
 #: Origin of the OLE / Excel serial dates of ``Acquisition_time``.
 SERIAL_DATE_ORIGIN = datetime(1899, 12, 30, tzinfo=UTC)
 

@@ -1,10 +1,11 @@
 """NanoMegas ASTAR blockfile (``.blo``) writers: the reference ``file_writer``, a streaming writer.
 
 :class:`BlockfileWriter` writes a file batch by batch with bounded memory (open, append frames,
-close); :func:`file_writer` (the reference library's API) and :func:`convert_mib` (Merlin runs)
-feed it. Files are written as ASTAR writes them (shared/specs/blockfile.md): signature
-0x0102, navigator at byte 4096, frames at the next multiple of 16 bytes after it, ``UNKNOWN1``
-= 131135. Outputs appear atomically (temporary file, fsync, rename) or not at all.
+close); :func:`file_writer` (the reference library's API) and the converters
+(:mod:`stemcast.convert`) feed it. Files are written as ASTAR writes them
+(shared/specs/blockfile.md): signature 0x0102, navigator at byte 4096, frames at the next
+multiple of 16 bytes after it, ``UNKNOWN1`` = 131135. Outputs appear atomically (temporary
+file, fsync, rename) or not at all.
 
 Intensity scaling
 -----------------
@@ -48,7 +49,6 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast._atomic import atomic_path
-from stemcast.batch import read_ahead
 from stemcast.errors import ParameterError
 from stemcast.formats.blockfile.spec import (
     ASTAR_UNKNOWN1,
@@ -58,6 +58,8 @@ from stemcast.formats.blockfile.spec import (
     GEOMETRY_FIELDS,
     HEADER_SIZE,
     ID_TEXT,
+    INTENSITY_SCALINGS,
+    MAX_SIZE,
     RECORD_HEADER_SIZE,
     SIGNATURE_8BIT,
     VBF_OFFSET,
@@ -69,7 +71,7 @@ from stemcast.formats.blockfile.spec import (
     without_bit_depth,
 )
 
-__all__ = ["BlockfileWriter", "convert_mib", "file_writer"]
+__all__ = ["BlockfileWriter", "file_writer"]
 
 IntensityScaling = str | tuple[float, float] | None
 
@@ -78,8 +80,6 @@ IntensityScaling = str | tuple[float, float] | None
 _BATCH_BYTES = 16 * 2**20
 #: Source bytes converted at a time inside a batch, so that temporaries stay in the L2 cache.
 _CACHE_BYTES = 256 * 2**10
-_SCALINGS = ("dtype", "minmax", "crop")
-_U16_MAX = 65535
 _NM_PER_UNIT = {
     "m": 1e9,
     "meter": 1e9,
@@ -102,9 +102,9 @@ _NM_PER_UNIT = {
 
 
 def _check_scaling(intensity_scaling: Any) -> IntensityScaling:
-    """Return the option as ``None``, one of :data:`_SCALINGS` or ``(imin, imax)`` floats."""
+    """Return the option as ``None``, a named scaling or ``(imin, imax)`` floats."""
     if intensity_scaling is None or (
-        isinstance(intensity_scaling, str) and intensity_scaling in _SCALINGS
+        isinstance(intensity_scaling, str) and intensity_scaling in INTENSITY_SCALINGS
     ):
         return intensity_scaling
     if isinstance(intensity_scaling, str) or not isinstance(
@@ -287,9 +287,9 @@ def _navigation(navigation_shape: Sequence[int]) -> tuple[int, int]:
             parameter="navigation_shape",
         )
     nx, ny = (*sizes, 1, 1)[:2]
-    if not (1 <= nx <= _U16_MAX and 1 <= ny <= _U16_MAX):
+    if not (1 <= nx <= MAX_SIZE and 1 <= ny <= MAX_SIZE):
         raise ParameterError(
-            f"{tuple(sizes)}: scan sizes must lie in 1..{_U16_MAX}", parameter="navigation_shape"
+            f"{tuple(sizes)}: scan sizes must lie in 1..{MAX_SIZE}", parameter="navigation_shape"
         )
     return nx, ny
 
@@ -344,8 +344,8 @@ class BlockfileWriter:
         self.path = Path(filename)
         self.nx, self.ny = _navigation(navigation_shape)
         self.navigation_shape = tuple(int(size) for size in navigation_shape)
-        if not 1 <= int(frame_size) <= _U16_MAX:
-            raise ParameterError(f"{frame_size} is not in 1..{_U16_MAX}", parameter="frame_size")
+        if not 1 <= int(frame_size) <= MAX_SIZE:
+            raise ParameterError(f"{frame_size} is not in 1..{MAX_SIZE}", parameter="frame_size")
         self.frame_size = int(frame_size)
         self.frames = self.nx * self.ny
         self.endianess = endianess
@@ -762,10 +762,10 @@ def signal_header(
         _convert_units(_axis_scale(axis), axis.get("units"), "cm", "signal")
     scale_cm = _convert_units(_axis_scale(sig_axes[-1]), sig_axes[-1].get("units"), "cm", "signal")
     sdp = round(100 / scale_cm) if math.isfinite(scale_cm) and scale_cm > 0 else 0
-    if not 1 <= sdp <= _U16_MAX:
+    if not 1 <= sdp <= MAX_SIZE:
         raise ParameterError(
             f"signal axis scale {scale_cm} cm gives SDP = 100 / scale = {sdp}, outside "
-            f"1..{_U16_MAX}",
+            f"1..{MAX_SIZE}",
             parameter="signal",
         )
     header["SDP"] = sdp
@@ -881,95 +881,3 @@ def file_writer(
         else:
             for start, frames in _slabs(data, _batch_frames(data.shape[-1], dtype)):
                 writer._put(start, np.asarray(frames))
-
-
-def convert_mib(
-    source: str | os.PathLike[str],
-    filename: str | os.PathLike[str],
-    *,
-    navigation_shape: Sequence[int] | None = None,
-    intensity_scaling: IntensityScaling = None,
-    navigator: str | npt.ArrayLike | None = "navigator",
-    header: Mapping[str, Any] | None = None,
-    batch_frames: int | None = None,
-    show_progressbar: bool = False,
-    endianess: str = "<",
-) -> Path:
-    """Convert a Merlin run to a blockfile, reading and writing a batch of frames at a time.
-
-    The frames are flipped vertically, as :func:`stemcast.readers.mib.file_reader` (and the
-    reference reader) return them, so the result equals reading the run with ``file_reader``
-    and writing it with :func:`file_writer` (or the reference's reader and writer). The scan
-    shape is the one ``file_reader`` finds (``.hdr``, timestamps); an interrupted acquisition
-    keeps its complete lines.
-
-    Parameters
-    ----------
-    source
-        A ``.mib`` file of the run.
-    filename
-        The ``.blo`` file to write.
-    navigation_shape
-        ``(x, y)`` scan shape; inferred when ``None``.
-    intensity_scaling, navigator, show_progressbar, endianess
-        As :func:`file_writer`. ``"minmax"`` takes a first pass over the run for the
-        minimum and maximum.
-    header
-        Header fields to write (calibrations ``SX``, ``SY``, ``SDP``, ``Beam_energy``, ...,
-        ``"Note"``). ``Acquisition_time`` defaults to the time of the first frame.
-    batch_frames
-        Frames read and converted at a time; by default about 16 MiB of source frames.
-
-    Returns
-    -------
-    pathlib.Path
-        The written file.
-    """
-    from stemcast.formats.mib.reader import MIBProperties, scan_shape_of
-    from stemcast.formats.mib.run import find_hdr, read_hdr
-    from stemcast.shape import complete_lines
-
-    scaling = _check_scaling(intensity_scaling)
-    prop = MIBProperties.from_path(source)
-    run = prop.run
-    assert run is not None
-    hdr_path = find_hdr(source)
-    scan = scan_shape_of(prop, read_hdr(hdr_path) if hdr_path else None, navigation_shape)
-    shape = complete_lines(scan.shape, run.frames)
-    count = int(np.prod(shape, dtype=np.int64))
-    if count == 0:
-        raise ParameterError(
-            f"{run.frames} frames do not fill one line of the scan {scan.shape}",
-            path=source,
-            parameter="navigation_shape",
-        )
-    layout = run.layout
-    rows, cols = layout.frame_shape
-    step = batch_frames or _batch_frames(cols, layout.dtype)
-    fields = dict(header or {})
-    if "Acquisition_time" not in fields and prop.timestamp:
-        moment = np.datetime64(prop.timestamp.removesuffix("Z"), "us").astype(datetime)
-        fields["Acquisition_time"] = datetime_to_serial(moment.replace(tzinfo=UTC))
-    if rows != cols:
-        raise ParameterError(
-            f"Blockfiles require signal shape to be square! (frames of {rows} x {cols})",
-            path=source,
-            parameter="source",
-        )
-    if scaling == "dtype":
-        _input_range(scaling, layout.dtype, None)
-    if scaling == "minmax":
-        scaling = run.value_range(count, batch_frames=step)
-    with BlockfileWriter(
-        filename,
-        shape,
-        cols,
-        intensity_scaling=scaling,
-        navigator=navigator,
-        header=fields,
-        show_progressbar=show_progressbar,
-        endianess=endianess,
-    ) as writer:
-        for batch in read_ahead(run.batches(0, count, batch_frames=step)):
-            writer.write(batch.frames[:, ::-1])
-    return writer.path

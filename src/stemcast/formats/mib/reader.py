@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,14 @@ from stemcast.formats.mib.run import (
     find_hdr,
     header_from_buffer,
     read_hdr,
+    run_scan_shape,
 )
-from stemcast.formats.mib.spec import FrameHeader
+from stemcast.formats.mib.spec import (
+    FrameHeader,
+    HdrScan,
+)
 from stemcast.formats.mib.virtual import frame_totals
-from stemcast.shape import ScanShape, complete_lines, infer_scan_shape
+from stemcast.shape import ScanShape, check_navigation_shape, complete_lines
 
 _logger = logging.getLogger(__name__)
 
@@ -174,103 +177,13 @@ def parse_hdr_file(path: str | os.PathLike[str]) -> dict[str, str]:
     return read_hdr(path)
 
 
-def _headers_list(headers: bytes | Iterable[bytes], max_index: int) -> list[bytes]:
-    if isinstance(headers, (bytes, np.bytes_)):
-        items = [bytes(headers)]
-    else:
-        items = [bytes(item) for item in np.asarray(headers).ravel()]
-    return items if max_index == -1 else items[:max_index]
-
-
-def _extended_field(header: bytes, index: int) -> str:
-    """Field ``index`` (negative: from the end) of a header, ignoring a trailing comma."""
-    # Splitting only the last fields: the DAC list makes a full split ten times slower, and
-    # the live service parses the timestamp of every frame.
-    fields = header.rstrip(b"\x00").decode("latin-1").rsplit(",", 1 - index)
-    if fields and fields[-1] == "":
-        fields.pop()
-    return fields[len(fields) + index]
-
-
-def parse_exposures(headers: bytes | Iterable[bytes], max_index: int = 10000) -> list[float]:
-    """Parse the exposure time from the header of each frame.
-
-    Parameters
-    ----------
-    headers : bytes str or iterable of bytes str
-        The headers as a bytes string.
-    max_index : int
-        Define the maximum index of the frame to be considered to avoid reading the header of
-        all frames. If -1, all frames will be read.
-
-    Returns
-    -------
-    list
-        The exposure in ms of each frame.
-    """
-    return [int(_extended_field(item, -2)[:-2]) / 1e6 for item in _headers_list(headers, max_index)]
-
-
-def parse_timestamps(headers: bytes | Iterable[bytes], max_index: int = 10000) -> list[str]:
-    """Parse the timestamp from the header of each frame.
-
-    Parameters
-    ----------
-    headers : bytes str or iterable of bytes str
-        The headers as a bytes string.
-    max_index : int
-        Define the maximum index of the frame to be considered to avoid reading the header of
-        all frames. If -1, all frames will be read.
-
-    Returns
-    -------
-    list
-        The timestamp of each frame (ISO 8601, UTC, nanoseconds).
-    """
-    return [_extended_field(item, -3) for item in _headers_list(headers, max_index)]
-
-
-def timestamps_ns(headers: Iterable[bytes]) -> npt.NDArray[np.int64]:
-    """Frame timestamps in nanoseconds since the epoch, from the MQ1A block of each header.
-
-    Parameters
-    ----------
-    headers
-        Raw frame headers.
-
-    Returns
-    -------
-    numpy.ndarray
-        One ``int64`` per header.
-    """
-    stamps = [item.removesuffix("Z") for item in parse_timestamps(headers, max_index=-1)]
-    return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
-
-
-def _user_shape(navigation_shape: Sequence[int]) -> tuple[int, ...]:
-    """Return the user's ``navigation_shape`` as a tuple of positive ints, or raise."""
-    if isinstance(navigation_shape, (str, bytes)) or not isinstance(navigation_shape, Sequence):
-        raise ParameterError(
-            f"expected a tuple of int, got {navigation_shape!r}", parameter="navigation_shape"
-        )
-    try:
-        shape = tuple(operator.index(size) for size in navigation_shape)
-    except (TypeError, ValueError):
-        raise ParameterError(
-            f"expected a tuple of int, got {navigation_shape!r}", parameter="navigation_shape"
-        ) from None
-    if not shape or any(size < 1 for size in shape):
-        raise ParameterError(f"{shape} has a size below 1", parameter="navigation_shape")
-    return shape
-
-
 def _navigation(
     navigation_shape: Sequence[int] | None, first: int, n_load: int, frames_in_file: int
 ) -> tuple[int, ...]:
     """Array-order navigation shape for the frames to load (the reference's rules)."""
     if navigation_shape is None:
         return (n_load,)
-    shape = _user_shape(navigation_shape)
+    shape = check_navigation_shape(navigation_shape)
     total = int(np.prod(shape, dtype=np.int64))
     if total > frames_in_file:
         if first == 0 and len(shape) > 1:
@@ -474,32 +387,8 @@ def scan_shape_of(
         Intended shape and evidence.
     """
     frames = prop.frame_number_in_file or 0
-    hdr = hdr or {}
-    hdr_shape = _hdr_int(hdr, "ScanX"), _hdr_int(hdr, "ScanY")
-    expected = _hdr_int(hdr, "Frames in Acquisition (Number)")
-    per_trigger = _hdr_int(hdr, "Frames per Trigger (Number)")
-    evidence: dict[str, Any] = {
-        "user": navigation_shape,
-        "hdr_shape": hdr_shape if None not in hdr_shape else None,
-        "frames_per_line": per_trigger,
-        "frames_expected": expected,
-    }
-    if expected == 0:
-        return infer_scan_shape(frames, user=navigation_shape)
-    needs_timestamps = (
-        navigation_shape is None and evidence["hdr_shape"] is None and (per_trigger or 1) <= 1
-    )
-    if needs_timestamps and prop.run is not None and frames > 2 and prop.timestamp:
-        headers = prop.run.headers(0, min(frames, _TIMESTAMP_FRAMES))
-        evidence["timestamps_ns"] = timestamps_ns(headers)
-    return infer_scan_shape(frames, **evidence)
-
-
-def _hdr_int(hdr: dict[str, str], key: str) -> int | None:
-    try:
-        return int(hdr[key].strip())
-    except (KeyError, ValueError):
-        return None
+    read = prop.run.headers if prop.run is not None and prop.timestamp else None
+    return run_scan_shape(frames, HdrScan.from_entries(hdr), navigation_shape, read)
 
 
 def file_reader(
@@ -597,7 +486,7 @@ def _open_run(
 ) -> tuple[MIBProperties, dict[str, str] | None, ScanShape, tuple[int, ...] | None]:
     """Properties, ``.hdr`` entries, scan shape, and the navigation shape to load with."""
     if navigation_shape is not None:
-        _user_shape(navigation_shape)
+        check_navigation_shape(navigation_shape)
     prop = MIBProperties.from_path(filename)
     hdr_path = find_hdr(filename)
     hdr = read_hdr(hdr_path) if hdr_path is not None else None

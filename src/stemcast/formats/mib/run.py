@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,18 @@ from stemcast.formats.mib.layout import MibLayout
 from stemcast.formats.mib.spec import (
     PREFIX_SIZE,
     FrameHeader,
+    HdrScan,
     parse_frame_header,
     parse_hdr_text,
     parse_header_size,
+    timestamps_ns,
 )
+from stemcast.shape import ScanGrid, ScanShape, infer_scan_shape
+from stemcast.source import Source
 
 _TRAILING_DIGITS = re.compile(r"^(?P<stem>.*?)(?P<number>\d+)$")
+#: Frames whose timestamps are read to find the scan width (ample for any scan line).
+_TIMESTAMP_FRAMES = 10_000
 
 
 def read_first_header(path: str | os.PathLike[str]) -> FrameHeader:
@@ -91,13 +97,71 @@ class MibSegment:
     first_sequence: int
 
 
+def run_scan_shape(
+    frames: int,
+    hdr: HdrScan,
+    navigation_shape: Sequence[int] | None,
+    read_headers: Callable[[int, int], npt.NDArray[Any]] | None,
+) -> ScanShape:
+    """Infer the scan shape of a Merlin run: the user's shape, its ``.hdr``, its timestamps.
+
+    Parameters
+    ----------
+    frames
+        Complete frames of the run.
+    hdr
+        What the run's ``.hdr`` says of the scan.
+    navigation_shape
+        The user's shape ``(x, y)``, if given.
+    read_headers
+        Reads the raw headers of frames ``start:stop``, for their timestamps; ``None`` when
+        the frames hold none.
+
+    Returns
+    -------
+    ScanShape
+        Intended shape and evidence.
+    """
+    if hdr.frames_expected == 0:
+        return infer_scan_shape(frames, user=navigation_shape)
+    evidence: dict[str, Any] = {
+        "user": navigation_shape,
+        "hdr_shape": hdr.scan_size,
+        "frames_per_line": hdr.frames_per_trigger,
+        "frames_expected": hdr.frames_expected,
+    }
+    needs_timestamps = (
+        navigation_shape is None and hdr.scan_size is None and (hdr.frames_per_trigger or 1) <= 1
+    )
+    if needs_timestamps and read_headers is not None and frames > 2:
+        headers = read_headers(0, min(frames, _TIMESTAMP_FRAMES))
+        evidence["timestamps_ns"] = timestamps_ns(headers)
+    return infer_scan_shape(frames, **evidence)
+
+
 @dataclass(frozen=True, slots=True)
-class MibRun:
-    """The files of one acquisition, in acquisition order, with their common layout."""
+class MibRun(Source):
+    """The files of one acquisition, in acquisition order, with their common layout.
+
+    Attributes
+    ----------
+    segments
+        The ``.mib`` files and the complete records of each.
+    layout
+        The record layout they share.
+    first_header
+        The first frame header of the run.
+    hdr_path
+        The run's ``.hdr`` file, if one was found.
+    hdr
+        Its parsed entries (empty without one).
+    """
 
     segments: tuple[MibSegment, ...]
     layout: MibLayout
     first_header: FrameHeader
+    hdr_path: str | None = None
+    hdr: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, follow_siblings: bool = True) -> MibRun:
@@ -130,7 +194,15 @@ class MibRun:
             first = header if member == path else read_first_header(member)
             frames = os.path.getsize(member) // layout.record_size
             segments.append(MibSegment(member, frames, first.sequence_number))
-        run = cls(tuple(segments), layout, read_first_header(paths[0]))
+        hdr_path = find_hdr(paths[0])
+        hdr = read_hdr(hdr_path) if hdr_path is not None else {}
+        run = cls(
+            tuple(segments),
+            layout,
+            read_first_header(paths[0]),
+            os.fspath(hdr_path) if hdr_path is not None else None,
+            hdr,
+        )
         run.check_last_record()
         return run
 
@@ -152,7 +224,7 @@ class MibRun:
         frames = os.path.getsize(last.path) // self.layout.record_size
         if frames > last.frames:
             grown = MibSegment(last.path, frames, last.first_sequence)
-            return MibRun((*self.segments[:-1], grown), self.layout, self.first_header)
+            return replace(self, segments=(*self.segments[:-1], grown))
         if frames < last.frames:
             raise FormatError(
                 f"the file shrank from {last.frames} to {frames} complete records while it "
@@ -178,6 +250,73 @@ class MibRun:
     def frames(self) -> int:
         """Number of complete records in all files."""
         return sum(segment.frames for segment in self.segments)
+
+    @property
+    def name(self) -> str:
+        """The first file's name without ``.mib``."""
+        return Path(self.path).stem
+
+    @property
+    def files(self) -> list[str]:
+        """The ``.mib`` files, in acquisition order."""
+        return [segment.path for segment in self.segments]
+
+    @property
+    def record_size(self) -> int:
+        """Bytes of one record: frame header and pixels."""
+        return self.layout.record_size
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of a decoded frame."""
+        return self.layout.frame_shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Native dtype of decoded frames."""
+        return np.dtype(self.layout.dtype)
+
+    @property
+    def hdr_scan(self) -> HdrScan:
+        """What the ``.hdr`` says of the scan."""
+        return HdrScan.from_entries(self.hdr)
+
+    def scan_shape(self, navigation_shape: Sequence[int] | None = None) -> ScanShape:
+        """Return the scan shape :func:`~stemcast.readers.mib.file_reader` finds.
+
+        Parameters
+        ----------
+        navigation_shape
+            The user's shape ``(x, y)``, if given.
+
+        Returns
+        -------
+        ScanShape
+            The shape and its evidence (user, ``.hdr``, timestamps).
+        """
+        timed = self.first_header.utc_time is not None
+        return run_scan_shape(
+            self.frames, self.hdr_scan, navigation_shape, self.headers if timed else None
+        )
+
+    def scan(self) -> ScanGrid:
+        """Return the scan shape the reader finds; positions are the frames in order."""
+        return ScanGrid(self.scan_shape(), None)
+
+    def navigation(self, kept: tuple[int, ...]) -> tuple[int, ...]:
+        """Drop navigation axes of length 1, as the Merlin reader does."""
+        return tuple(size for size in kept if size != 1)
+
+    def signal(self, navigation: tuple[int, ...], scan: ScanShape) -> dict[str, Any]:
+        """Return axes and metadata as :func:`~stemcast.readers.mib.file_reader` gives them."""
+        # The reader builds the signal dictionary; it imports this module, hence here.
+        from stemcast.formats.mib.reader import MIBProperties, signal_dict
+
+        stub = np.broadcast_to(np.int64(0), (*reversed(navigation), *self.frame_shape))
+        prop = MIBProperties.from_path(self.path)
+        signal = signal_dict(stub, prop, dict(self.hdr) or None, scan, Path(self.path).name)
+        del signal["data"]
+        return signal
 
     def check_last_record(self) -> None:
         """Check that the last complete record starts with a header of the same layout.
@@ -298,7 +437,9 @@ class MibRun:
         Yields
         ------
         FrameBatch
-            Native-endian frames, rows as stored, with their raw headers.
+            Native-endian frames, flipped vertically as the reader returns them (Merlin
+            stores the bottom row first; decoding into a flipped view flips in the same
+            pass), with their raw headers.
         """
         stop = self.frames if stop is None else stop
         if batch_frames < 1:
@@ -309,7 +450,8 @@ class MibRun:
         for first in range(start, stop, batch_frames):
             last = min(first + batch_frames, stop)
             records = self.read_records(first, last, out=buffer[: last - first])
-            yield FrameBatch(first, self.layout.decode(records["data"]), records["header"].copy())
+            frames = self.layout.decode(records["data"], flip_rows=True)
+            yield FrameBatch(first, frames, records["header"].copy())
 
     def value_range(self, count: int, *, batch_frames: int = 64) -> tuple[float, float]:
         """Return the minimum and maximum of the first ``count`` frames: a cheap first pass.

@@ -7,7 +7,11 @@ field definitions. Field numbers follow the layout of the Merlin software (see d
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from stemcast.errors import FormatError, TruncatedError
 
@@ -327,6 +331,62 @@ def parse_hdr_text(text: str) -> dict[str, str]:
     return entries
 
 
+#: ``.hdr`` keys that describe the scan (Merlin software; ``ScanX``/``ScanY`` since 1.5).
+HDR_FRAMES_EXPECTED = "Frames in Acquisition (Number)"
+HDR_FRAMES_PER_TRIGGER = "Frames per Trigger (Number)"
+HDR_SCAN_X = "ScanX"
+HDR_SCAN_Y = "ScanY"
+
+
+@dataclass(frozen=True, slots=True)
+class HdrScan:
+    """What a ``.hdr`` says of the scan.
+
+    Attributes
+    ----------
+    frames_expected
+        ``Frames in Acquisition``: frames the acquisition was set up for (0: unknown).
+    frames_per_trigger
+        ``Frames per Trigger``: the scan width for line-triggered scans, else 1.
+    scan_size
+        ``(ScanX, ScanY)`` when both are written and positive.
+    """
+
+    frames_expected: int | None = None
+    frames_per_trigger: int | None = None
+    scan_size: tuple[int, int] | None = None
+
+    @classmethod
+    def from_entries(cls, entries: Mapping[str, str] | None) -> HdrScan:
+        """Read the scan keys of parsed ``.hdr`` entries (see :func:`parse_hdr_text`).
+
+        Parameters
+        ----------
+        entries
+            The parsed ``.hdr``, or ``None`` when there is none.
+
+        Returns
+        -------
+        HdrScan
+            The values found; a missing or unreadable value is ``None``.
+        """
+        if not entries:
+            return cls()
+        x, y = _hdr_int(entries, HDR_SCAN_X), _hdr_int(entries, HDR_SCAN_Y)
+        return cls(
+            frames_expected=_hdr_int(entries, HDR_FRAMES_EXPECTED),
+            frames_per_trigger=_hdr_int(entries, HDR_FRAMES_PER_TRIGGER),
+            scan_size=(x, y) if x and y and x > 0 and y > 0 else None,
+        )
+
+
+def _hdr_int(entries: Mapping[str, str], key: str) -> int | None:
+    try:
+        return int(entries[key].strip())
+    except (KeyError, ValueError):
+        return None
+
+
 def format_hdr_text(entries: dict[str, str], *, size: int = 2048) -> bytes:
     """Render a ``.hdr`` acquisition header, CR LF terminated and space-padded to ``size``.
 
@@ -345,3 +405,76 @@ def format_hdr_text(entries: dict[str, str], *, size: int = 2048) -> bytes:
     lines = ["HDR,\t"] + [f"{key}:\t{value}" for key, value in entries.items()]
     body = ("\r\n".join(lines) + "\r\nEnd\t").encode("latin-1")
     return body.ljust(size, b" ")
+
+
+def _headers_list(headers: bytes | Iterable[bytes], max_index: int) -> list[bytes]:
+    if isinstance(headers, (bytes, np.bytes_)):
+        items = [bytes(headers)]
+    else:
+        items = [bytes(item) for item in np.asarray(headers).ravel()]
+    return items if max_index == -1 else items[:max_index]
+
+
+def _extended_field(header: bytes, index: int) -> str:
+    """Field ``index`` (negative: from the end) of a header, ignoring a trailing comma."""
+    # Splitting only the last fields: the DAC list makes a full split ten times slower, and
+    # the live service parses the timestamp of every frame.
+    fields = header.rstrip(b"\x00").decode("latin-1").rsplit(",", 1 - index)
+    if fields and fields[-1] == "":
+        fields.pop()
+    return fields[len(fields) + index]
+
+
+def parse_exposures(headers: bytes | Iterable[bytes], max_index: int = 10000) -> list[float]:
+    """Parse the exposure time from the header of each frame.
+
+    Parameters
+    ----------
+    headers : bytes str or iterable of bytes str
+        The headers as a bytes string.
+    max_index : int
+        Define the maximum index of the frame to be considered to avoid reading the header of
+        all frames. If -1, all frames will be read.
+
+    Returns
+    -------
+    list
+        The exposure in ms of each frame.
+    """
+    return [int(_extended_field(item, -2)[:-2]) / 1e6 for item in _headers_list(headers, max_index)]
+
+
+def parse_timestamps(headers: bytes | Iterable[bytes], max_index: int = 10000) -> list[str]:
+    """Parse the timestamp from the header of each frame.
+
+    Parameters
+    ----------
+    headers : bytes str or iterable of bytes str
+        The headers as a bytes string.
+    max_index : int
+        Define the maximum index of the frame to be considered to avoid reading the header of
+        all frames. If -1, all frames will be read.
+
+    Returns
+    -------
+    list
+        The timestamp of each frame (ISO 8601, UTC, nanoseconds).
+    """
+    return [_extended_field(item, -3) for item in _headers_list(headers, max_index)]
+
+
+def timestamps_ns(headers: Iterable[bytes]) -> npt.NDArray[np.int64]:
+    """Frame timestamps in nanoseconds since the epoch, from the MQ1A block of each header.
+
+    Parameters
+    ----------
+    headers
+        Raw frame headers.
+
+    Returns
+    -------
+    numpy.ndarray
+        One ``int64`` per header.
+    """
+    stamps = [item.removesuffix("Z") for item in parse_timestamps(headers, max_index=-1)]
+    return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)

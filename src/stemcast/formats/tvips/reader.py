@@ -30,7 +30,13 @@ from stemcast.errors import ParameterError, TruncatedError
 from stemcast.formats.tvips.lazy import GridSource, lazy_frames
 from stemcast.formats.tvips.run import TvipsSeries
 from stemcast.formats.tvips.spec import FrameHeader, frame_header_from_record
-from stemcast.shape import Evidence, ScanGrid, ScanShape, scan_from_rotator
+from stemcast.shape import (
+    Evidence,
+    ScanGrid,
+    ScanShape,
+    check_navigation_shape,
+    scan_from_rotator,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -49,15 +55,7 @@ def _user_scan_shape(scan_shape: Any) -> tuple[int, ...] | str | None:
         raise ParameterError(
             f"{scan_shape!r} is neither 'auto' nor a tuple of int", parameter="scan_shape"
         )
-    try:
-        shape = tuple(operator.index(size) for size in scan_shape)
-    except TypeError:
-        raise ParameterError(
-            f"expected None, 'auto' or a tuple of int, got {scan_shape!r}", parameter="scan_shape"
-        ) from None
-    if not shape or any(size < 1 for size in shape):
-        raise ParameterError(f"{shape} has a size below 1", parameter="scan_shape")
-    return shape
+    return check_navigation_shape(scan_shape, parameter="scan_shape")
 
 
 def _check_parameters(

@@ -21,13 +21,62 @@ import numpy.typing as npt
 from stemcast.batch import FrameBatch
 from stemcast.errors import FormatError, ParameterError
 from stemcast.formats.tvips.layout import TvipsLayout
-from stemcast.formats.tvips.spec import MAIN_HEADER_SIZE, MainHeader, parse_main_header
+from stemcast.formats.tvips.spec import (
+    MAIN_HEADER_SIZE,
+    MainHeader,
+    frame_header_from_record,
+    parse_main_header,
+)
+from stemcast.shape import Evidence, ScanGrid, ScanShape
+from stemcast.source import Source
 
 EXTENSION = ".tvips"
 _PART = re.compile(r"^(?P<base>.+)_(?P<index>\d{3})$")
 #: How far (ms) a frame may precede the frames before it (clock adjustments of the camera
 #: PC) before its part is taken for a leftover of another recording, or its record for pixels.
 _CLOCK_SLACK_MS = 10_000
+
+
+def split_part(filename: str | os.PathLike[str]) -> tuple[Path, int | None]:
+    """Split a file name of a series into the series base and the part number.
+
+    Parameters
+    ----------
+    filename
+        ``NAME_NNN.tvips`` (a part) or ``NAME.tvips`` (the series, no part number).
+
+    Returns
+    -------
+    tuple
+        ``(base, index)``: the path without part suffix and extension, and the part number
+        (``None`` when the name has none).
+    """
+    path = Path(filename)
+    match = _PART.match(path.stem)
+    if match is None:
+        return path.with_name(path.stem), None
+    return path.with_name(match["base"]), int(match["index"])
+
+
+def is_tvips(filename: str | os.PathLike[str]) -> bool:
+    """Whether ``filename`` has the TVIPS extension (any case)."""
+    return Path(filename).suffix.lower() == EXTENSION
+
+
+def is_first_part(filename: str | os.PathLike[str]) -> bool:
+    """Whether ``filename`` is the ``_000`` part of a series, the one with the main header."""
+    return is_tvips(filename) and split_part(filename)[1] == 0
+
+
+def first_part(filename: str | os.PathLike[str]) -> Path:
+    """Return the ``_000`` part of the series of ``filename`` (any part, or ``NAME.tvips``)."""
+    base, _ = split_part(filename)
+    return part_path(base, Path(filename).suffix, 0)
+
+
+def series_name(filename: str | os.PathLike[str]) -> str:
+    """Return the name of the series that ``filename`` belongs to (``NAME``)."""
+    return split_part(filename)[0].name
 
 
 def series_base(filename: str | os.PathLike[str]) -> tuple[Path, str]:
@@ -54,17 +103,14 @@ def series_base(filename: str | os.PathLike[str]) -> tuple[Path, str]:
             f"not a TVIPS series name: the extension is {path.suffix!r}, not {EXTENSION!r}",
             path=path,
         )
-    match = _PART.match(path.stem)
-    if match is None:
-        return path.with_name(path.stem), path.suffix
-    if match["index"] != "000":
-        first = part_path(path.with_name(match["base"]), path.suffix, 0)
+    base, index = split_part(path)
+    if index:
         raise FormatError(
-            f"part _{match['index']} of a series: a series is read from its first part, "
-            f"{first.name}, which holds the main header",
+            f"part _{index:03d} of a series: a series is read from its first part, "
+            f"{first_part(path).name}, which holds the main header",
             path=path,
         )
-    return path.with_name(match["base"]), path.suffix
+    return base, path.suffix
 
 
 def part_path(base: Path, extension: str, index: int) -> Path:
@@ -117,7 +163,7 @@ class TvipsPart:
 
 
 @dataclass(frozen=True, slots=True)
-class TvipsSeries:
+class TvipsSeries(Source):
     """The files of one TVIPS recording, in order, with their common layout."""
 
     parts: tuple[TvipsPart, ...]
@@ -188,6 +234,51 @@ class TvipsSeries:
     def frames(self) -> int:
         """Complete records in all parts."""
         return sum(part.frames for part in self.parts)
+
+    @property
+    def name(self) -> str:
+        """The series name: the first part's name without ``_000.tvips``."""
+        return series_name(self.path)
+
+    @property
+    def files(self) -> list[str]:
+        """The parts, in order."""
+        return [part.path for part in self.parts]
+
+    @property
+    def record_size(self) -> int:
+        """Bytes of one record: frame header and pixels."""
+        return self.layout.record_size
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of a frame."""
+        return self.layout.frame_shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Native dtype of decoded frames."""
+        return self.layout.dtype
+
+    def scan(self) -> ScanGrid:
+        """Return the scan the rotator index shows (``scan_shape="auto"`` of the reader)."""
+        # The reader holds the scan rules; it imports this module, hence here.
+        from stemcast.formats.tvips.reader import auto_scan
+
+        return auto_scan(self)
+
+    def signal(self, navigation: tuple[int, ...], scan: ScanShape) -> dict[str, Any]:
+        """Return axes and metadata as :func:`~stemcast.readers.tvips.file_reader` gives them."""
+        from stemcast.formats.tvips.reader import signal_axes, signal_metadata
+
+        first = frame_header_from_record(self.headers(0, 1)[0])
+        stack = scan.evidence is Evidence.NONE or len(navigation) < 2
+        stub = np.broadcast_to(np.int64(0), tuple(reversed(navigation)))
+        return {
+            "axes": signal_axes(self, stub, stack, first),
+            "metadata": signal_metadata(self, first),
+            "original_metadata": {},
+        }
 
     @property
     def last_path(self) -> str:

@@ -35,7 +35,7 @@ import numpy.typing as npt
 from stemcast._atomic import atomic_path
 from stemcast.errors import ParameterError
 from stemcast.formats.tvips.layout import TvipsLayout
-from stemcast.formats.tvips.run import EXTENSION, part_path
+from stemcast.formats.tvips.run import EXTENSION, is_tvips, part_path, split_part
 from stemcast.formats.tvips.spec import (
     BITS_PER_PIXEL,
     MAIN_HEADER_SIZE,
@@ -103,11 +103,9 @@ def writer_base(filename: str | os.PathLike[str]) -> tuple[Path, str]:
         ``(base, extension)`` for :func:`stemcast.readers.tvips.part_path`.
     """
     path = Path(filename)
-    if path.suffix.lower() == EXTENSION:
-        stem, extension = path.stem, path.suffix
-    else:
-        stem, extension = path.name, EXTENSION
-    return path.with_name(stem.removesuffix("_000")), extension
+    named = path if is_tvips(path) else path.with_name(path.name + EXTENSION)
+    base, index = split_part(named)
+    return (base if index == 0 else named.with_name(named.stem)), named.suffix
 
 
 def _positive_int(value: Any, name: str, *, minimum: int = 1) -> int:

@@ -5,15 +5,19 @@ from stemcast.formats.mib.reader import (
     MIBProperties,
     file_reader,
     load_mib_data,
-    parse_exposures,
     parse_hdr_file,
-    parse_timestamps,
     scan_shape_of,
-    timestamps_ns,
     virtual_image,
 )
 from stemcast.formats.mib.run import MibRun
-from stemcast.formats.mib.spec import FrameHeader, parse_frame_header, parse_hdr_text
+from stemcast.formats.mib.spec import (
+    FrameHeader,
+    parse_exposures,
+    parse_frame_header,
+    parse_hdr_text,
+    parse_timestamps,
+    timestamps_ns,
+)
 
 __all__ = [
     "FrameHeader",
