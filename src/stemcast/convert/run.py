@@ -67,6 +67,7 @@ from stemcast.errors import (
 )
 from stemcast.service.tail import MibSource, NotReady, Source, TvipsSource, open_source
 from stemcast.shape import Evidence, ScanShape, complete_lines
+from stemcast.sink import FrameSink
 
 __all__ = [
     "TARGETS",
@@ -502,13 +503,14 @@ class _Output:
         #: Free space an HDF5 file needs to close cleanly; 0 for outputs that fail safely.
         self.reserve = 0
         self._plan = plan
+        self._writer: FrameSink
         with _writing(path):
             if target == "blockfile":
-                self._writer: Any = self._blockfile(options)
+                self._writer = self._blockfile(options)
             else:
                 self._writer = self._emd(options)
 
-    def _blockfile(self, options: Mapping[str, Any]) -> Any:
+    def _blockfile(self, options: Mapping[str, Any]) -> FrameSink:
         from stemcast.formats.blockfile.writer import BlockfileWriter
 
         plan = self._plan
@@ -529,7 +531,7 @@ class _Output:
             endianess=options.get("endianess", "<"),
         )
 
-    def _emd(self, options: Mapping[str, Any]) -> Any:
+    def _emd(self, options: Mapping[str, Any]) -> FrameSink:
         from stemcast.formats.emd.writer import EmdWriter
 
         plan = self._plan
@@ -558,15 +560,12 @@ class _Output:
     def write(self, frames: npt.NDArray[Any]) -> None:
         """Append frames in raster order."""
         with _writing(self.path):
-            if self.target == "blockfile":
-                self._writer.write(frames)
-            else:
-                self._writer.append(frames)
+            self._writer.write(frames)
 
     def commit(self) -> None:
         """Finish the file and rename it into place."""
         with _writing(self.path):
-            self._writer.close()
+            self._writer.commit()
         self.committed = True
 
     def drop(self) -> None:
@@ -575,10 +574,7 @@ class _Output:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             return
-        if self.target == "blockfile":
-            self._writer.discard()
-        else:
-            self._writer.abort()
+        self._writer.abort()
 
 
 def _write_batch(
