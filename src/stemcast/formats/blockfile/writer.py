@@ -452,9 +452,7 @@ class BlockfileWriter(FrameSink):
 
     def _check_open(self) -> None:
         if self._state != "open":
-            raise ParameterError(
-                f"the writer was {self._state}: no more frames can be written", path=self.path
-            )
+            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
     def write(self, batch: npt.ArrayLike | FrameBatch) -> None:
         """Append one frame ``(n, n)`` or a batch ``(k, n, n)`` of frames, in scan order.

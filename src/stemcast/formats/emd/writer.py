@@ -664,11 +664,7 @@ class EmdWriter(FrameSink):
 
     def _check_open(self) -> None:
         if self._state != "open":
-            raise ParameterError(
-                f"the writer was {self._state}: no more frames can be written",
-                path=self.path,
-                parameter="frames",
-            )
+            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
 
 def _transpose_frames(out: npt.NDArray[Any], frames: npt.NDArray[Any]) -> None:

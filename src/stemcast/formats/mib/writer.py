@@ -242,9 +242,7 @@ class MibWriter(FrameSink):
 
     def _check_open(self) -> None:
         if self._state != "open":
-            raise ParameterError(
-                f"the writer was {self._state}: no more frames can be written", path=self.path
-            )
+            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
     def _timestamps(self, start: int, count: int) -> npt.NDArray[Any]:
         index = np.arange(start, start + count, dtype=np.int64)
@@ -260,6 +258,8 @@ class MibWriter(FrameSink):
         have fixed widths (while the sequence number has six digits), so the headers are the
         first one with those bytes replaced, vectorised.
         """
+        if count == 0:
+            return np.empty(0, dtype=f"S{self.layout.header_size}")
         stamps = self._timestamps(start, count)
         last_sequence = self.first_sequence + start + count - 1
         if last_sequence > 999_999:

@@ -350,9 +350,7 @@ class TvipsWriter(FrameSink):
 
     def _check_open(self) -> None:
         if self._state != "open":
-            raise ParameterError(
-                f"the writer was {self._state}: no more frames can be written", path=self.path
-            )
+            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
     def _remove_parts(self, *, from_index: int) -> None:
         """Delete parts ``from_index`` and above left by an earlier series of the same name."""
