@@ -215,7 +215,7 @@ def convert_stemcast(source: Path, target: Path) -> None:
     ) as writer:
         for batch in run.batches(batch_frames=64):
             # The reference reader returns frames upside down; flipping is a free view here.
-            writer.append(batch.frames[:, ::-1, :])
+            writer.write(batch.frames[:, ::-1, :])
 
 
 def convert_rsciio(source: Path, target: Path) -> None:

@@ -289,7 +289,7 @@ def simulate_mib(
             while done < len(batch):
                 if writer is None or (frames_per_file and writer.frames_written >= frames_per_file):
                     if writer is not None:
-                        writer.close()
+                        writer.commit()
                     path = folder / (
                         f"{name}{len(paths) + 1}.mib" if frames_per_file else f"{name}.mib"
                     )
@@ -315,8 +315,11 @@ def simulate_mib(
             blank = np.zeros(frame_shape, np.uint32)
             writer.write_partial(blank, writer.layout.record_size // 2)
     finally:
+        # Committed, not aborted, whatever stopped the run: like a camera that stops, the
+        # simulator leaves the frames written so far (an interrupted run is what the live
+        # service and the converters must handle).
         if writer is not None:
-            writer.close()
+            writer.commit()
     return paths
 
 
@@ -393,10 +396,14 @@ def simulate_tvips(
         start_time=datetime.now(UTC),
     )
     written = 0
-    with writer:
+    try:
         for batch in _paced(lines, fps, 0.0, interrupt_after):
             writer.write(batch.astype(dtype))
             written += len(batch)
+    finally:
+        # Committed, not aborted, whatever stopped the run: like a camera that stops, the
+        # simulator leaves the parts written so far.
+        writer.commit()
     if interrupt_after is not None and written < width * scan_shape[1]:
         # The camera stopped while writing the next frame: half a record stays behind.
         with open(writer.paths[-1], "ab") as stream:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from stemcast import simulate
 from stemcast.errors import ParameterError
 from stemcast.readers.mib import MibRun
 from stemcast.readers.tvips import TvipsSeries
@@ -48,3 +51,35 @@ def test_a_tvips_series_rolls_over_parts_at_the_size_cap(tmp_path: Path) -> None
     assert TvipsSeries.open(paths[0]).frames == 16
     with pytest.raises(ParameterError, match="8 or 16 bits"):
         simulate_tvips(tmp_path, bits=12)
+
+
+def _interrupted_after(lines: int) -> Callable[..., Iterator[np.ndarray]]:
+    """``scan_frames`` that raises KeyboardInterrupt (Ctrl-C) after ``lines`` scan lines."""
+    scan_frames = simulate.scan_frames
+
+    def lines_then_interrupt(*args: Any, **kwargs: Any) -> Iterator[np.ndarray]:
+        for number, line in enumerate(scan_frames(*args, **kwargs)):
+            if number == lines:
+                raise KeyboardInterrupt
+            yield line
+
+    return lines_then_interrupt
+
+
+def test_a_merlin_simulation_stopped_by_ctrl_c_keeps_the_frames_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(simulate, "scan_frames", _interrupted_after(2))
+    with pytest.raises(KeyboardInterrupt):
+        simulate_mib(tmp_path, scan_shape=(6, 6), frame_size=32)
+    assert MibRun.open(tmp_path / "scan.mib").frames == 12
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["scan.hdr", "scan.mib"]
+
+
+def test_a_tvips_simulation_stopped_by_ctrl_c_keeps_the_parts_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(simulate, "scan_frames", _interrupted_after(3))
+    with pytest.raises(KeyboardInterrupt):
+        simulate_tvips(tmp_path, scan_shape=(4, 4), frame_size=32, bits=8, max_file_size=5000)
+    assert TvipsSeries.open(tmp_path / "scan_000.tvips").frames == 12

@@ -159,20 +159,20 @@ def test_nothing_appears_when_the_stream_fails(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_frames_are_refused_at_close(tmp_path: Path) -> None:
+def test_missing_frames_are_refused_at_commit(tmp_path: Path) -> None:
     writer = BlockfileWriter(tmp_path / "short.blo", (4, 2), 6)
     writer.write(np.zeros((5, 6, 6), np.uint8))
     with pytest.raises(ParameterError, match="5 frames written, the navigation shape"):
-        writer.close()
+        writer.commit()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_discard_leaves_an_existing_file_untouched(tmp_path: Path) -> None:
+def test_abort_leaves_an_existing_file_untouched(tmp_path: Path) -> None:
     path = tmp_path / "keep.blo"
     path.write_bytes(b"previous")
     writer = BlockfileWriter(path, (2,), 6)
     writer.write(np.zeros((2, 6, 6), np.uint8))
-    writer.discard()
+    writer.abort()
     assert path.read_bytes() == b"previous"
     assert list(tmp_path.iterdir()) == [path]
 

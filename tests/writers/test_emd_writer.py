@@ -194,7 +194,7 @@ def test_streamed_scan_equals_the_whole_array(
         shuffle=compression is not None,
     ) as writer:
         for start in range(0, len(frames), batch):
-            writer.append(frames[start : start + batch])
+            writer.write(frames[start : start + batch])
     (signal,) = rsciio_emd.file_reader(path)
     np.testing.assert_array_equal(signal["data"], _data())
     _check_axes(signal["axes"], _data())
@@ -208,7 +208,7 @@ def test_frame_batches_and_flipped_views_are_accepted(tmp_path: Path) -> None:
     with EmdWriter(path, PATTERN, np.uint32, scan_shape=SCAN[::-1]) as writer:
         for start in range(0, len(frames), 4):
             batch = FrameBatch(start, frames[start : start + 4], np.zeros(4, "S8"))
-            writer.append(FrameBatch(batch.start, batch.frames[:, ::-1, :], batch.headers))
+            writer.write(FrameBatch(batch.start, batch.frames[:, ::-1, :], batch.headers))
     expected = _data()[..., ::-1, :]
     (signal,) = file_reader(path)
     np.testing.assert_array_equal(signal["data"], expected)
@@ -227,8 +227,8 @@ def test_interrupted_scan_keeps_its_complete_lines(
             path, PATTERN, np.uint16, scan_shape=SCAN[::-1], axes=_axes(_data()), chunks=chunks
         ) as writer,
     ):
-        writer.append(frames[:10])
-        shape = writer.close()
+        writer.write(frames[:10])
+        shape = writer.commit()
     assert shape == (2, 4, *PATTERN)
     assert "keeping 2 complete lines" in caplog.text
     (signal,) = rsciio_emd.file_reader(path)
@@ -244,8 +244,8 @@ def test_scan_stopped_within_its_first_line_becomes_a_stack(
     writer = EmdWriter(
         path, PATTERN, np.uint16, scan_shape=SCAN[::-1], axes=_axes(_data()), chunks=chunks
     )
-    writer.append(frames[:3])
-    assert writer.close() == (3, *PATTERN)
+    writer.write(frames[:3])
+    assert writer.commit() == (3, *PATTERN)
     (signal,) = file_reader(path)
     np.testing.assert_array_equal(signal["data"], frames[:3])
     assert [axis["name"] for axis in signal["axes"]] == ["x", "ky", "kx"]
@@ -256,8 +256,8 @@ def test_stack_of_unknown_length_grows(tmp_path: Path, chunks: tuple[int, ...] |
     frames = _frames()
     path = tmp_path / "stack.emd"
     with EmdWriter(path, PATTERN, np.uint16, chunks=chunks) as writer:
-        writer.append(frames[:7])
-        writer.append(frames[7:11])
+        writer.write(frames[:7])
+        writer.write(frames[7:11])
     (signal,) = rsciio_emd.file_reader(path)
     np.testing.assert_array_equal(signal["data"], frames[:11])
 
@@ -267,7 +267,7 @@ def test_failed_run_leaves_no_file(tmp_path: Path) -> None:
 
     def run() -> None:
         with EmdWriter(path, PATTERN, np.uint16) as writer:
-            writer.append(_frames()[:2])
+            writer.write(_frames()[:2])
             raise RuntimeError("camera lost")
 
     with pytest.raises(RuntimeError, match="camera lost"):
@@ -275,12 +275,12 @@ def test_failed_run_leaves_no_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_file_appears_only_when_closed(tmp_path: Path) -> None:
+def test_file_appears_only_when_committed(tmp_path: Path) -> None:
     path = tmp_path / "late.emd"
     writer = EmdWriter(path, PATTERN, np.uint16, scan_shape=(2,))
-    writer.append(_frames()[:2])
+    writer.write(_frames()[:2])
     assert not path.exists()
-    writer.close()
+    writer.commit()
     assert path.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["late.emd"]
 
@@ -297,7 +297,7 @@ def test_bad_frames_are_refused(tmp_path: Path, frames: np.ndarray, match: str) 
     path = tmp_path / "bad.emd"
     writer = EmdWriter(path, PATTERN, np.uint16, scan_shape=SCAN[::-1])
     with pytest.raises(ParameterError, match=match):
-        writer.append(frames)
+        writer.write(frames)
     writer.abort()
     assert list(tmp_path.iterdir()) == []
 
@@ -333,7 +333,7 @@ def test_streamed_filters_read_back_through_hdf5(
         compression=compression,
         shuffle=shuffle,
     ) as writer:
-        writer.append(frames)
+        writer.write(frames)
     with h5py.File(path, "r") as file:
         (name,) = file["signals"]
         dataset = file["signals"][name]["data"]
@@ -351,7 +351,7 @@ def test_frames_of_any_shape_are_stored_transposed(tmp_path: Path, frame_shape: 
     with EmdWriter(
         path, frame_shape, np.uint16, scan_shape=(2, 2), chunks=(1, 1, *frame_shape)
     ) as writer:
-        writer.append(frames[:, ::-1])
+        writer.write(frames[:, ::-1])
     with h5py.File(path, "r") as file:
         (name,) = file["signals"]
         stored = file["signals"][name]["data"][()]

@@ -1,7 +1,7 @@
 """NanoMegas ASTAR blockfile (``.blo``) writers: the reference ``file_writer``, a streaming writer.
 
-:class:`BlockfileWriter` writes a file batch by batch with bounded memory (open, append frames,
-close); :func:`file_writer` (the reference library's API) and the converters
+:class:`BlockfileWriter` writes a file batch by batch with bounded memory (open, write frames,
+commit); :func:`file_writer` (the reference library's API) and the converters
 (:mod:`stemcast.convert`) feed it. Files are written as ASTAR writes them
 (shared/specs/blockfile.md): signature 0x0102, navigator at byte 4096, frames at the next
 multiple of 16 bytes after it, ``UNKNOWN1`` = 131135. Outputs appear atomically (temporary
@@ -25,7 +25,7 @@ be converted. Two ways of getting them without holding the data are used:
   writing the raw values out and reading them back, and needs no extra disk space.
 * a one-shot stream of batches given to :class:`BlockfileWriter` cannot be read twice: its
   raw frames are spooled into the output's own temporary file (behind the space of the final
-  records), the statistics gathered as they arrive, and :meth:`BlockfileWriter.close`
+  records), the statistics gathered as they arrive, and :meth:`BlockfileWriter.commit`
   rescales them in place. The uint8 record of a frame never overwrites raw frames not yet
   converted, because the raw area starts ``6 * frames`` bytes after the first record.
 """
@@ -41,14 +41,14 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
 
-from stemcast._atomic import atomic_path
+from stemcast._atomic import AtomicFile
+from stemcast.batch import FrameBatch
 from stemcast.errors import ParameterError
 from stemcast.formats.blockfile.spec import (
     ASTAR_UNKNOWN1,
@@ -70,6 +70,7 @@ from stemcast.formats.blockfile.spec import (
     record_dtype,
     without_bit_depth,
 )
+from stemcast.sink import FrameSink
 
 __all__ = ["BlockfileWriter", "file_writer"]
 
@@ -294,13 +295,14 @@ def _navigation(navigation_shape: Sequence[int]) -> tuple[int, int]:
     return nx, ny
 
 
-class BlockfileWriter:
+class BlockfileWriter(FrameSink):
     """Write a blockfile frame batch by batch, with bounded memory.
 
-    The frames are converted to uint8 and written as they arrive, and the virtual bright-field
-    navigator (the mean of each frame) is accumulated on the fly. :meth:`close` writes the
-    navigator and the header and renames the temporary file to ``filename``; on an exception
-    inside a ``with`` block, or after :meth:`discard`, nothing appears.
+    A :class:`~stemcast.sink.FrameSink`. The frames are converted to uint8 and written as they
+    arrive, and the virtual bright-field navigator (the mean of each frame) is accumulated on
+    the fly. :meth:`commit` writes the navigator and the header and renames the temporary file
+    to ``filename``; on an exception inside a ``with`` block, or after :meth:`abort`, nothing
+    appears and an existing ``filename`` is left untouched.
 
     Parameters
     ----------
@@ -312,7 +314,7 @@ class BlockfileWriter:
         Side of the square frames in pixels.
     intensity_scaling : str, 2-tuple of float, 2-tuple of int
         As :func:`file_writer`. With ``"minmax"`` the raw frames are spooled in the temporary
-        file and rescaled when the writer closes (see the module documentation).
+        file and rescaled at :meth:`commit` (see the module documentation).
     navigator : str or array_like
         ``"navigator"`` (default): the mean of each frame, computed while writing. An array of
         the navigation shape in array order (``(y, x)``) is stored instead; ``None`` stores
@@ -370,14 +372,13 @@ class BlockfileWriter:
             total=self.frames, unit="frame", desc="Writing blockfile", disable=not show_progressbar
         )
         self._fd = -1
-        self._cleanup = contextlib.ExitStack()
+        self._state = "open"
+        self._output = AtomicFile(self.path)
         try:
-            temporary = self._cleanup.enter_context(atomic_path(self.path))
-            self._fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            self._cleanup.callback(self._close_fd)
+            self._fd = os.open(self._output.temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             os.ftruncate(self._fd, self._size)
         except BaseException:
-            self.discard()
+            self.abort()
             raise
 
     def _check_navigator(self, navigator: Any) -> npt.NDArray[Any] | str | None:
@@ -431,46 +432,49 @@ class BlockfileWriter:
             )
         return fields, note
 
-    def __enter__(self) -> BlockfileWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.discard()
-
     def _close_fd(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
-    def discard(self) -> None:
-        """Abandon the file: remove the temporary file, leave ``filename`` untouched."""
-        self._progress.close()
-        with contextlib.suppress(_Discarded), self._cleanup:
-            raise _Discarded  # makes atomic_path remove the temporary file
+    def abort(self) -> None:
+        """Abandon the file: remove the temporary file, leave ``filename`` untouched.
 
-    def write(self, frames: npt.ArrayLike) -> None:
+        Aborting a committed or aborted writer does nothing.
+        """
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._progress.close()
+        try:
+            self._close_fd()
+        finally:
+            self._output.abort()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ParameterError(f"the writer was already {self._state}", path=self.path)
+
+    def write(self, batch: npt.ArrayLike | FrameBatch) -> None:
         """Append one frame ``(n, n)`` or a batch ``(k, n, n)`` of frames, in scan order.
 
         Parameters
         ----------
-        frames
-            Integer or float frames, any byte order; converted with the writer's
-            ``intensity_scaling``.
+        batch
+            Integer or float frames, any byte order, or a :class:`~stemcast.batch.FrameBatch`;
+            converted with the writer's ``intensity_scaling``.
+
+        Raises
+        ------
+        ParameterError
+            If the frames do not fit the file, or the writer was committed or aborted.
         """
-        batch = np.asarray(frames)
-        if batch.ndim == 2:
-            batch = batch[np.newaxis]
+        frames = batch.frames if isinstance(batch, FrameBatch) else np.asarray(batch)
+        if frames.ndim == 2:
+            frames = frames[np.newaxis]
         start = self._next
-        self._put(start, batch)
-        self._next = start + len(batch)
+        self._put(start, frames)
+        self._next = start + len(frames)
 
     def _prepare(self, dtype: np.dtype[Any]) -> None:
         """Set up the conversion when the first batch shows the data type (under the lock)."""
@@ -501,6 +505,7 @@ class BlockfileWriter:
 
     def _put(self, start: int, batch: npt.NDArray[Any]) -> None:
         """Convert and write frames ``start:start+len(batch)``; thread-safe."""
+        self._check_open()
         if batch.ndim != 3 or batch.shape[1:] != (self.frame_size, self.frame_size):
             raise ParameterError(
                 f"frames of shape {batch.shape} are not {self.frame_size} x {self.frame_size}",
@@ -566,17 +571,26 @@ class BlockfileWriter:
         os.ftruncate(self._fd, self._size)
         return in_range
 
-    def close(self) -> Path:
+    def commit(self) -> Path:
         """Write the navigator and the header, then move the file to ``filename``.
+
+        Committing again does nothing but return the path.
 
         Returns
         -------
         pathlib.Path
             The written file.
+
+        Raises
+        ------
+        ParameterError
+            If fewer frames were written than the navigation shape holds (the writer is then
+            aborted), or the writer was aborted.
         """
-        self._progress.close()
-        if self._fd < 0:
+        if self._state == "committed":
             return self.path
+        self._check_open()
+        self._progress.close()
         try:
             if self.frames_written != self.frames:
                 raise ParameterError(
@@ -601,15 +615,13 @@ class BlockfileWriter:
             _pwrite(self._fd, _navigator_bytes(navigator, in_range), VBF_OFFSET)
             header = format_header(self._fields, self._note, endianess=self.endianess)
             _pwrite(self._fd, np.frombuffer(header, np.uint8), 0)
+            self._close_fd()
+            self._output.commit()
         except BaseException:
-            self.discard()
+            self.abort()
             raise
-        self._cleanup.close()
+        self._state = "committed"
         return self.path
-
-
-class _Discarded(Exception):
-    """Raised into :func:`atomic_path` to make it drop the temporary file."""
 
 
 class _StoreTarget:

@@ -1,6 +1,6 @@
 """EMD (NCEM flavour) writer: whole signals (:func:`file_writer`) or frame by frame.
 
-:class:`EmdWriter` appends frames as they come (the converters use it).
+:class:`EmdWriter` writes frames as they come (the converters use it).
 
 The layout is the one HyperSpy and the reference library write and read, which ncempy reads
 too: root attributes ``version_major``/``version_minor`` (EMD 0.2), the metadata groups
@@ -27,17 +27,17 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import h5py
 import numpy as np
 import numpy.typing as npt
 
-from stemcast._atomic import atomic_path
+from stemcast._atomic import AtomicFile
 from stemcast.batch import FrameBatch
 from stemcast.errors import ParameterError
 from stemcast.shape import complete_lines
+from stemcast.sink import FrameSink
 
 __all__ = ["EmdWriter", "default_chunks", "file_writer"]
 
@@ -152,12 +152,14 @@ class _BackgroundFlush:
         os.close(self._fd)
 
 
-class EmdWriter:
+class EmdWriter(FrameSink):
     """Write one signal to an NCEM EMD file frame by frame, atomically.
 
-    Frames are appended in acquisition (raster) order; the file appears under its final
-    name only when :meth:`close` succeeds. When the run ends early, :meth:`close` keeps the
-    complete scan lines (or, if not one line is complete, the frames as a stack).
+    A :class:`~stemcast.sink.FrameSink`. Frames are written in acquisition (raster) order; the
+    file appears under its final name only when :meth:`commit` succeeds, and :meth:`abort`
+    removes the temporary file (an existing file of that name is left untouched). When the run
+    ends early, :meth:`commit` keeps the complete scan lines (or, if not one line is complete,
+    the frames as a stack).
 
     Parameters
     ----------
@@ -235,7 +237,8 @@ class EmdWriter:
         general = metadata.get("General") or {}
         self.title = title or str(general.get("title") or "") or "__unnamed__"
         self.frames_written = 0
-        self._closed = False
+        self._state = "open"
+        self._shape: tuple[int, ...] = ()
         nav_dims = len(array_shape) - len(self.signal_shape)
         stored_chunks: tuple[int, ...] | bool
         if chunks is True:
@@ -290,12 +293,13 @@ class EmdWriter:
             raise ParameterError(
                 "the folder of the output does not exist", path=self.path, parameter="path"
             )
-        self._stack = contextlib.ExitStack()
+        self._output = AtomicFile(self.path)
+        # The open HDF5 file and the flushing thread, closed before the rename or removal.
+        self._resources = contextlib.ExitStack()
         try:
-            temporary = self._stack.enter_context(atomic_path(self.path))
-            self._file = self._stack.enter_context(h5py.File(temporary, "w"))
-            self._flush = _BackgroundFlush(temporary)
-            self._stack.callback(self._flush.stop)
+            self._file = self._resources.enter_context(h5py.File(self._output.temporary, "w"))
+            self._flush = _BackgroundFlush(self._output.temporary)
+            self._resources.callback(self._flush.stop)
             self._group = self._prepare(metadata, original_metadata or {}, attributes or {})
             stored = tuple(reversed(array_shape))
             if self.scan_shape is None:
@@ -341,20 +345,25 @@ class EmdWriter:
         _set_attributes(group, metadata.get("Signal") or {}, "metadata.Signal")
         return group
 
-    # Appending --------------------------------------------------------------------------
+    # Writing ----------------------------------------------------------------------------
 
-    def append(self, frames: npt.ArrayLike | FrameBatch) -> None:
+    def write(self, batch: npt.ArrayLike | FrameBatch) -> None:
         """Append frames in acquisition order.
 
         Parameters
         ----------
-        frames
-            ``(n, *signal_shape)`` frames (any strides, e.g. a flipped view), or a
-            :class:`~stemcast.batch.FrameBatch`.
+        batch
+            ``(n, *signal_shape)`` frames (any strides, e.g. a flipped view), one frame of
+            ``signal_shape``, or a :class:`~stemcast.batch.FrameBatch`.
+
+        Raises
+        ------
+        ParameterError
+            If the frames do not fit the file or the scan, or the writer was committed or
+            aborted. A failure to write aborts the writer.
         """
-        if self._closed:
-            raise ParameterError("the writer is closed", path=self.path, parameter="frames")
-        array = frames.frames if isinstance(frames, FrameBatch) else np.asarray(frames)
+        self._check_open()
+        array = batch.frames if isinstance(batch, FrameBatch) else np.asarray(batch)
         if array.shape == self.signal_shape:
             array = array[np.newaxis]
         if array.shape[1:] != self.signal_shape:
@@ -408,7 +417,7 @@ class EmdWriter:
         """Write each frame as one chunk: transposed to the stored order, filtered here.
 
         Without compression the chunks of a batch are written during the next call (or at
-        :meth:`close`), while that call's batch is transposed in a thread; ``array`` is no
+        :meth:`commit`), while that call's batch is transposed in a thread; ``array`` is no
         longer read once this returns.
         """
         if self.scan_shape is None:
@@ -488,7 +497,7 @@ class EmdWriter:
         first = self._slab_start // inner
         rows = -(-len(frames) // inner)
         if len(frames) < rows * inner:
-            # Only the last slab of an interrupted scan: the rest of its line is cut at close.
+            # Only the last slab of an interrupted scan: the rest of its line is cut at commit.
             padded = np.zeros((rows * inner, *self.signal_shape), dtype=self.dtype)
             padded[: len(frames)] = frames
             frames = padded
@@ -501,30 +510,40 @@ class EmdWriter:
 
     # Finishing --------------------------------------------------------------------------
 
-    def close(self) -> tuple[int, ...]:
+    def commit(self) -> tuple[int, ...]:
         """Finish the file and give it its final name.
 
         A scan that ended early keeps its complete lines; if no line is complete, the frames
-        are kept as a stack.
+        are kept as a stack. Committing again does nothing but return the same shape.
 
         Returns
         -------
         tuple of int
-            Shape of the written array (array order, navigation axes first).
+            Shape of the written array (array order, navigation axes first): the kept scan
+            shape followed by the signal shape.
+
+        Raises
+        ------
+        ParameterError
+            If the writer was aborted, or a single-frame signal never got its frame (the
+            writer is then aborted).
         """
-        if self._closed:
-            raise ParameterError("the writer is closed", path=self.path)
+        if self._state == "committed":
+            return self._shape
+        self._check_open()
         try:
             self._write_previous()
             self._write_slabs(final=True)
             shape, axes = self._finish_shape()
             self._write_dims(shape, axes)
             self._shutdown_executor()
-            self._closed = True
-            self._stack.close()
+            self._resources.close()
+            self._output.commit()
         except BaseException:
             self._abort()
             raise
+        self._state = "committed"
+        self._shape = shape
         return shape
 
     def _finish_shape(self) -> tuple[tuple[int, ...], list[dict[str, Any]]]:
@@ -627,30 +646,25 @@ class EmdWriter:
             self._transposer = None
 
     def abort(self) -> None:
-        """Discard the file: nothing appears under its final name."""
-        if not self._closed:
+        """Discard the file: nothing appears under its final name.
+
+        An existing file of that name is left untouched. Aborting a committed or aborted
+        writer does nothing.
+        """
+        if self._state == "open":
             self._abort()
 
     def _abort(self) -> None:
-        self._closed = True
-        self._shutdown_executor()
-        with contextlib.suppress(_Aborted):
-            self._stack.__exit__(_Aborted, _Aborted(), None)
+        self._state = "aborted"
+        try:
+            self._shutdown_executor()
+            self._resources.close()
+        finally:
+            self._output.abort()
 
-    def __enter__(self) -> EmdWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            if not self._closed:
-                self.close()
-        else:
-            self.abort()
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
 
 def _transpose_frames(out: npt.NDArray[Any], frames: npt.NDArray[Any]) -> None:
@@ -672,10 +686,6 @@ def _transpose_frames(out: npt.NDArray[Any], frames: npt.NDArray[Any]) -> None:
                 frames[:, row : row + _TILE, col : col + _TILE].transpose(order),
                 casting="safe",
             )
-
-
-class _Aborted(Exception):
-    """Raised into the atomic-output context to discard the temporary file."""
 
 
 def _signal_dims(axes: Sequence[Mapping[str, Any]], ndim: int) -> int:
@@ -752,7 +762,7 @@ def file_writer(
     )
     with writer:
         for batch in _batches(data, split):
-            writer.append(batch)
+            writer.write(batch)
 
 
 def _batches(data: Any, split: int) -> Iterator[npt.NDArray[Any]]:

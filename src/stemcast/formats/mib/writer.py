@@ -6,17 +6,18 @@ live tests use it); :func:`write_mib` writes a whole acquisition at once, atomic
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from stemcast._atomic import atomic_path
+from stemcast.batch import FrameBatch
 from stemcast.errors import ParameterError, UnsupportedError
 from stemcast.formats.mib.layout import MibLayout
 from stemcast.formats.mib.spec import (
@@ -26,6 +27,7 @@ from stemcast.formats.mib.spec import (
     format_hdr_text,
     merlin_float,
 )
+from stemcast.sink import FrameSink
 
 __all__ = ["MibWriter", "write_mib"]
 
@@ -96,8 +98,15 @@ def _layout_for(
     )
 
 
-class MibWriter:
+class MibWriter(FrameSink):
     """Append frames to a Merlin ``.mib`` file, writing its ``.hdr`` first.
+
+    A :class:`~stemcast.sink.FrameSink` that writes in place, as the camera does: the file
+    grows visibly with every :meth:`write` (readers follow it), so it is not atomic.
+    :meth:`commit` flushes it to disk and closes it; :meth:`abort` closes it and removes the
+    ``.mib`` and the ``.hdr`` this writer created (an ``.hdr`` left alone would announce an
+    acquisition that has no frames). A camera that stops keeps its frames: to leave a partial
+    acquisition, commit.
 
     Parameters
     ----------
@@ -178,29 +187,62 @@ class MibWriter:
         self.frames_per_trigger = frames_per_trigger
         self.hdr_scan_size = hdr_scan_size
         self._max_value = (1 << counter_depth) - 1
+        self._hdr: Path | None = None
+        self._state = "open"
         if write_hdr:
             if frames_expected is None:
                 frames_expected = int(np.prod(self.scan_shape)) if self.scan_shape else 0
-            with atomic_path(self.path.with_suffix(".hdr")) as temporary:
+            self._hdr = self.path.with_suffix(".hdr")
+            with atomic_path(self._hdr) as temporary:
                 temporary.write_bytes(self.hdr_bytes(frames_expected))
-        self._stream = open(self.path, "wb", buffering=0)  # noqa: SIM115
+        try:
+            self._stream = open(self.path, "wb", buffering=0)  # noqa: SIM115
+        except BaseException:
+            self._remove(self._hdr)
+            raise
 
-    def __enter__(self) -> MibWriter:
-        return self
+    def commit(self) -> None:
+        """Flush the file to disk and close it; committing again does nothing.
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        Returns
+        -------
+        None
 
-    def close(self) -> None:
-        """Flush and close the file."""
-        if not self._stream.closed:
+        Raises
+        ------
+        ParameterError
+            If the writer was aborted.
+        """
+        if self._state == "committed":
+            return
+        self._check_open()
+        try:
             os.fsync(self._stream.fileno())
+        finally:
             self._stream.close()
+        self._state = "committed"
+
+    def abort(self) -> None:
+        """Close the file and remove the ``.mib`` and the ``.hdr`` this writer created.
+
+        Aborting a committed or aborted writer does nothing.
+        """
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._stream.close()
+        self._remove(self.path)
+        self._remove(self._hdr)
+
+    @staticmethod
+    def _remove(path: Path | None) -> None:
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
     def _timestamps(self, start: int, count: int) -> npt.NDArray[Any]:
         index = np.arange(start, start + count, dtype=np.int64)
@@ -216,6 +258,8 @@ class MibWriter:
         have fixed widths (while the sequence number has six digits), so the headers are the
         first one with those bytes replaced, vectorised.
         """
+        if count == 0:
+            return np.empty(0, dtype=f"S{self.layout.header_size}")
         stamps = self._timestamps(start, count)
         last_sequence = self.first_sequence + start + count - 1
         if last_sequence > 999_999:
@@ -306,9 +350,22 @@ class MibWriter:
         records["data"] = self.layout.encode(batch) if self.layout.raw else batch
         return records
 
-    def write(self, frames: npt.ArrayLike) -> None:
-        """Append one frame ``(rows, cols)`` or a batch ``(n, rows, cols)`` of frames."""
-        records = self.records(frames)
+    def write(self, batch: npt.ArrayLike | FrameBatch) -> None:
+        """Append the next frames.
+
+        Parameters
+        ----------
+        batch
+            One frame ``(rows, cols)``, a batch ``(n, rows, cols)`` of frames, or a
+            :class:`~stemcast.batch.FrameBatch`.
+
+        Raises
+        ------
+        ParameterError
+            If the frames do not fit the writer, or it was committed or aborted.
+        """
+        self._check_open()
+        records = self.records(batch.frames if isinstance(batch, FrameBatch) else batch)
         self._stream.write(records.view(np.uint8).data)
         self.frames_written += len(records)
 
@@ -318,6 +375,7 @@ class MibWriter:
         This is what a file holds when the camera stops mid-frame; the record is not counted
         as written.
         """
+        self._check_open()
         record = self.records(frame).view(np.uint8)
         self._stream.write(record[: max(0, min(nbytes, record.size - 1))].data)
 

@@ -7,7 +7,7 @@ writes a signal dictionary whose data is a numpy array, a dask array or an itera
 a few MiB at a time, and makes the files appear atomically (temporary name, fsync, rename).
 
 Records are written with one ``writev`` call per batch, straight from the frames' memory.
-Every part is flushed to disk (fsync) before :meth:`TvipsWriter.close` returns; a background
+Every part is flushed to disk (fsync) before :meth:`TvipsWriter.commit` returns; a background
 thread flushes what has been written while the next bytes are written, so that durability
 costs little more than the slower of writing and flushing.
 """
@@ -25,14 +25,14 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
 
-from stemcast._atomic import atomic_path
+from stemcast._atomic import AtomicFile
+from stemcast.batch import FrameBatch
 from stemcast.errors import ParameterError
 from stemcast.formats.tvips.layout import TvipsLayout
 from stemcast.formats.tvips.run import EXTENSION, is_tvips, part_path, split_part
@@ -45,6 +45,7 @@ from stemcast.formats.tvips.spec import (
     MainHeader,
     format_main_header,
 )
+from stemcast.sink import FrameSink
 
 __all__ = ["TvipsWriter", "file_writer", "writer_base"]
 
@@ -118,8 +119,13 @@ def _positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
     return number
 
 
-class TvipsWriter:
+class TvipsWriter(FrameSink):
     """Write frames to a rolling TVIPS series, part after part, as the camera does.
+
+    A :class:`~stemcast.sink.FrameSink`: :meth:`commit` flushes and closes the parts (and,
+    when atomic, renames them into place); :meth:`abort` removes what the writer wrote: the
+    temporary files when atomic, the parts themselves when writing in place. :attr:`path` is
+    the first part, :attr:`paths` all the parts so far.
 
     Parameters
     ----------
@@ -153,7 +159,7 @@ class TvipsWriter:
     frame_fields
         Constant frame header fields (``mode``, ``fcurrent``, ``stagex``, ...).
     atomic
-        Write the parts under temporary names and rename them on :meth:`close` (``_000``
+        Write the parts under temporary names and rename them on :meth:`commit` (``_000``
         last), so that readers never see a partial series. Default: write in place, so a
         reader can follow the series while it grows.
     """
@@ -214,6 +220,7 @@ class TvipsWriter:
         header_bytes = format_main_header(self.main_header)
         self.layout = TvipsLayout.from_main_header(self.main_header)
         self.base, self.extension = writer_base(filename)
+        self.path = part_path(self.base, self.extension, 0)
         self._capacity = self._capacities(max_file_size)
         self.scan_shape = (
             tuple(_positive_int(size, "scan_shape") for size in scan_shape) if scan_shape else None
@@ -238,11 +245,15 @@ class TvipsWriter:
         self._part_frames = 0
         self._fd: int | None = None
         self._flusher = _Flusher()
-        self._stack = contextlib.ExitStack()
-        self._closed = False
-        if not atomic:
-            self._remove_parts(from_index=1)
-        self._next_part(header_bytes)
+        self._outputs: list[AtomicFile] = []
+        self._state = "open"
+        try:
+            if not atomic:
+                self._remove_parts(from_index=1)
+            self._next_part(header_bytes)
+        except BaseException:
+            self.abort()
+            raise
 
     def _capacities(self, max_file_size: int | None) -> tuple[int, int]:
         """Return the records that fit in ``_000`` and in each further part."""
@@ -261,24 +272,13 @@ class TvipsWriter:
             size = minimum
         return ((size - MAIN_HEADER_SIZE) // record, size // record)
 
-    def __enter__(self) -> TvipsWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self._abort(exc_type, exc, traceback)
-
     def _next_part(self, main_header: bytes = b"") -> None:
         self._close_part()
         path = part_path(self.base, self.extension, len(self.paths))
-        target = self._stack.enter_context(atomic_path(path)) if self.atomic else path
+        target = path
+        if self.atomic:
+            self._outputs.append(AtomicFile(path))
+            target = self._outputs[-1].temporary
         self._fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         self.paths.append(path)
         self._part_frames = 0
@@ -290,31 +290,65 @@ class TvipsWriter:
             fd, self._fd = self._fd, None
             self._flusher.close_file(fd)
 
-    def close(self) -> None:
-        """Finish the series: flush and close the parts and, when atomic, rename them."""
-        if self._closed:
+    def commit(self) -> None:
+        """Finish the series: flush and close the parts and, when atomic, rename them.
+
+        Parts of an earlier series of the same name beyond the last one written are removed.
+        Committing again does nothing.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        ParameterError
+            If the writer was aborted.
+        """
+        if self._state == "committed":
             return
-        self._closed = True
-        self._close_part()
+        self._check_open()
         try:
+            self._close_part()
             self._flusher.wait()
-        finally:
-            self._flusher.shutdown()
-        self._stack.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._flusher.shutdown()
+        self._state = "committed"
+        # The first part last: a reader that finds it finds the whole series.
+        outputs = self._outputs[::-1]
+        try:
+            for output in outputs:
+                output.commit()
+        except BaseException:
+            for output in outputs:
+                output.abort()
+            raise
         self._remove_parts(from_index=len(self.paths))
 
-    def _abort(
-        self,
-        exc_type: type[BaseException],
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._closed = True
+    def abort(self) -> None:
+        """Remove what was written: the temporary files, or the parts written in place.
+
+        Aborting a committed or aborted writer does nothing.
+        """
+        if self._state != "open":
+            return
+        self._state = "aborted"
         self._close_part()
         with contextlib.suppress(OSError):
             self._flusher.wait()
         self._flusher.shutdown()
-        self._stack.__exit__(exc_type, exc, traceback)
+        for output in self._outputs:
+            output.abort()
+        if not self.atomic:
+            for path in self.paths:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
     def _remove_parts(self, *, from_index: int) -> None:
         """Delete parts ``from_index`` and above left by an earlier series of the same name."""
@@ -327,9 +361,9 @@ class TvipsWriter:
                 _logger.info("removing %s, a part of an earlier series of that name", entry.path)
                 os.unlink(entry.path)
 
-    def _frames(self, frames: npt.ArrayLike) -> npt.NDArray[Any]:
+    def _frames(self, frames: npt.ArrayLike | FrameBatch) -> npt.NDArray[Any]:
         """One frame or a batch as C-contiguous little-endian pixels of the series type."""
-        batch = np.asarray(frames)
+        batch = frames.frames if isinstance(frames, FrameBatch) else np.asarray(frames)
         if batch.ndim == 2:
             batch = batch[np.newaxis]
         if batch.ndim != 3 or batch.shape[1:] != self.layout.frame_shape:
@@ -399,37 +433,42 @@ class TvipsWriter:
             headers[name] = np.broadcast_to(np.asarray(values), (count,))
         return headers
 
-    def write(self, frames: npt.ArrayLike, **fields: npt.ArrayLike) -> None:
+    def write(self, batch: npt.ArrayLike | FrameBatch, **fields: npt.ArrayLike) -> None:
         """Append one frame ``(rows, columns)`` or a batch ``(n, rows, columns)``.
 
         Parameters
         ----------
-        frames
-            The frames; integers that fit the series' pixel type.
+        batch
+            The frames (or a :class:`~stemcast.batch.FrameBatch`); integers that fit the
+            series' pixel type.
         **fields
             Frame header values for these frames (scalars or one per frame), e.g.
             ``rotidx=...`` or ``num=...``, overriding the defaults.
+
+        Raises
+        ------
+        ParameterError
+            If the frames do not fit the series, or the writer was committed or aborted.
         """
-        if self._closed:
-            raise ParameterError("the writer is closed", parameter="frames")
-        batch = self._frames(frames)
-        headers = self.headers(len(batch), fields)
-        rows = headers.view(np.uint8).reshape(len(batch), self.layout.header_bytes)
+        self._check_open()
+        frames = self._frames(batch)
+        headers = self.headers(len(frames), fields)
+        rows = headers.view(np.uint8).reshape(len(frames), self.layout.header_bytes)
         done = 0
-        while done < len(batch):
+        while done < len(frames):
             capacity = self._capacity[0 if len(self.paths) == 1 else 1]
             if self._part_frames >= capacity:
                 self._next_part()
-            count = min(len(batch) - done, capacity - self._part_frames)
+            count = min(len(frames) - done, capacity - self._part_frames)
             buffers: list[memoryview] = []
             for record in range(done, done + count):
-                buffers += (memoryview(rows[record]), memoryview(batch[record]).cast("B"))
+                buffers += (memoryview(rows[record]), memoryview(frames[record]).cast("B"))
             assert self._fd is not None
             _write_all(self._fd, buffers)
             self._flusher.wrote(self._fd, count * self.layout.record_size)
             self._part_frames += count
             done += count
-        self.frames_written += len(batch)
+        self.frames_written += len(frames)
 
 
 class _Flusher:
