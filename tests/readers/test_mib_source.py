@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from source_conformance import SourceTests, quietly
 
+from source_conformance import SourceTests, quietly
 from stemcast.formats.mib.run import MibRun
 from stemcast.readers.mib import file_reader
 from stemcast.simulate import simulate_mib
@@ -38,6 +38,7 @@ class TestScanWithHdrShape(MibSourceTests):
 
 class TestInterruptedScanFoundFromTimestamps(MibSourceTests):
     frames_past_scan = 3  # 13 frames: 2 lines of 5, and 3
+
     @pytest.fixture
     def run_file(self, tmp_path: Path) -> Path:
         [path] = simulate_mib(

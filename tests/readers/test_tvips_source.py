@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import shared_file
 from source_conformance import SourceTests, quietly
-
 from stemcast.formats.tvips.run import TvipsSeries
 from stemcast.formats.tvips.spec import MAIN_HEADER_SIZE
 from stemcast.readers.tvips import file_reader
