@@ -19,7 +19,8 @@ class FrameBatch:
     start
         Index of the first frame in the run.
     frames
-        ``(n, rows, cols)`` native-endian frames, as stored (not flipped).
+        ``(n, rows, cols)`` native-endian frames, oriented as the format's ``file_reader``
+        returns them (Merlin frames flipped vertically, as the reference reader does).
     headers
         The ``n`` raw frame headers, for timestamps and exposures.
     """

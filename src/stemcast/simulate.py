@@ -369,6 +369,7 @@ def simulate_tvips(
     list of pathlib.Path
         The parts written.
     """
+    from stemcast.formats.tvips.run import EXTENSION, part_path
     from stemcast.formats.tvips.writer import TvipsWriter
 
     if bits not in (8, 16):
@@ -386,7 +387,7 @@ def simulate_tvips(
     )
     dtype = np.uint8 if bits == 8 else np.uint16
     writer = TvipsWriter(
-        Path(directory) / f"{name}_000.tvips",
+        part_path(Path(directory) / name, EXTENSION, 0),
         frame_shape,
         dtype,
         frame_header_extra_bytes=16,

@@ -35,7 +35,6 @@ from stemcast.shape import ScanShape, check_navigation_shape, complete_lines
 _logger = logging.getLogger(__name__)
 
 #: Headers read to infer the scan width from timestamps (as the reference reader).
-_TIMESTAMP_FRAMES = 10_000
 _DYNAMIC_RANGE = {"U01": "1 or 6-bit", "U08": "1 or 6-bit", "U16": "12-bit", "U32": "24-bit"}
 
 PathOrBuffer = str | os.PathLike[str] | bytes | bytearray | memoryview

@@ -22,6 +22,10 @@ from stemcast.errors import ParameterError, UnsupportedError
 from stemcast.formats.mib.layout import MibLayout
 from stemcast.formats.mib.spec import (
     COUNTER_DEPTHS,
+    HDR_FRAMES_EXPECTED,
+    HDR_FRAMES_PER_TRIGGER,
+    HDR_SCAN_X,
+    HDR_SCAN_Y,
     FrameHeader,
     format_frame_header,
     format_hdr_text,
@@ -410,8 +414,8 @@ class MibWriter(FrameSink):
             "Flat Field File": "None",
             "Dead Time File": "Dummy (C:\\<NUL>\\)",
             "Acquisition Type (Normal, Th_scan, Config)": "Normal",
-            "Frames in Acquisition (Number)": str(frames_expected),
-            "Frames per Trigger (Number)": str(self.frames_per_trigger),
+            HDR_FRAMES_EXPECTED: str(frames_expected),
+            HDR_FRAMES_PER_TRIGGER: str(self.frames_per_trigger),
             "Trigger Start (Positive, Negative, Internal)": "Internal",
             "Trigger Stop (Positive, Negative, Internal)": "Internal",
             "Sensor Bias (V)": "120 V",
@@ -423,8 +427,8 @@ class MibWriter(FrameSink):
             "Software Version": "1.5.0.197" if self.hdr_scan_size else "0.77",
         }
         if self.hdr_scan_size and self.scan_shape:
-            entries["ScanX"] = str(self.scan_shape[0])
-            entries["ScanY"] = str(self.scan_shape[-1])
+            entries[HDR_SCAN_X] = str(self.scan_shape[0])
+            entries[HDR_SCAN_Y] = str(self.scan_shape[-1])
         return format_hdr_text(entries)
 
 

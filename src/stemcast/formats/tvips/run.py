@@ -118,6 +118,27 @@ def part_path(base: Path, extension: str, index: int) -> Path:
     return base.with_name(f"{base.name}_{index:03d}{extension}")
 
 
+def part_files(base: Path, extension: str) -> dict[int, str]:
+    """Return the files named as parts of the series ``base`` in its folder, by part number.
+
+    Parameters
+    ----------
+    base, extension
+        As returned by :func:`series_base`.
+
+    Returns
+    -------
+    dict
+        ``{index: path}`` of every file ``base_NNN<extension>``.
+    """
+    pattern = re.compile(re.escape(base.name) + r"_(\d{3})" + re.escape(extension) + "$")
+    return {
+        int(match[1]): entry.path
+        for entry in os.scandir(base.parent)
+        if (match := pattern.match(entry.name)) and entry.is_file()
+    }
+
+
 def discover_parts(base: Path, extension: str) -> list[Path]:
     """List the files of a series, in order; refuse a series whose part numbers have a gap.
 
@@ -138,12 +159,7 @@ def discover_parts(base: Path, extension: str) -> list[Path]:
             "(the _000 suffix is added to names without one)",
             path=first,
         )
-    pattern = re.compile(re.escape(base.name) + r"_(\d{3})" + re.escape(extension) + "$")
-    indices = sorted(
-        int(match[1])
-        for entry in os.scandir(base.parent)
-        if (match := pattern.match(entry.name)) and entry.is_file()
-    )
+    indices = sorted(part_files(base, extension))
     count = next((number for number, index in enumerate(indices) if number != index), len(indices))
     if indices[-1] >= count:
         raise FormatError(

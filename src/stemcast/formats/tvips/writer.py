@@ -35,7 +35,7 @@ from stemcast._atomic import AtomicFile
 from stemcast.batch import FrameBatch
 from stemcast.errors import ParameterError
 from stemcast.formats.tvips.layout import TvipsLayout
-from stemcast.formats.tvips.run import EXTENSION, is_tvips, part_path, split_part
+from stemcast.formats.tvips.run import EXTENSION, is_tvips, part_files, part_path, split_part
 from stemcast.formats.tvips.spec import (
     BITS_PER_PIXEL,
     MAIN_HEADER_SIZE,
@@ -352,14 +352,10 @@ class TvipsWriter(FrameSink):
 
     def _remove_parts(self, *, from_index: int) -> None:
         """Delete parts ``from_index`` and above left by an earlier series of the same name."""
-        pattern = re.compile(
-            re.escape(self.base.name) + r"_(\d{3})" + re.escape(self.extension) + "$"
-        )
-        for entry in os.scandir(self.base.parent):
-            match = pattern.match(entry.name)
-            if match and int(match[1]) >= from_index and entry.is_file():
-                _logger.info("removing %s, a part of an earlier series of that name", entry.path)
-                os.unlink(entry.path)
+        for index, path in part_files(self.base, self.extension).items():
+            if index >= from_index:
+                _logger.info("removing %s, a part of an earlier series of that name", path)
+                os.unlink(path)
 
     def _frames(self, frames: npt.ArrayLike | FrameBatch) -> npt.NDArray[Any]:
         """One frame or a batch as C-contiguous little-endian pixels of the series type."""
