@@ -207,6 +207,13 @@ class FrameSinkTests(Generic[S]):
         assert raised.value is stop
         assert list(tmp_path.iterdir()) == []
 
+    def test_a_sink_aborted_in_the_block_stays_aborted(self, tmp_path: Path) -> None:
+        with self.make_sink(tmp_path / self.name) as sink:
+            sink.write(self.frames()[:5])
+            sink.abort()
+        assert sink.state == "aborted"
+        assert list(tmp_path.iterdir()) == []
+
     # Finished sinks -------------------------------------------------------------------------
 
     def test_abort_after_commit_does_nothing(self, tmp_path: Path) -> None:

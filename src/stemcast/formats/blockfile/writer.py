@@ -372,7 +372,6 @@ class BlockfileWriter(FrameSink):
             total=self.frames, unit="frame", desc="Writing blockfile", disable=not show_progressbar
         )
         self._fd = -1
-        self._state = "open"
         self._output = AtomicFile(self.path)
         try:
             self._fd = os.open(self._output.temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -437,23 +436,13 @@ class BlockfileWriter(FrameSink):
             os.close(self._fd)
             self._fd = -1
 
-    def abort(self) -> None:
-        """Abandon the file: remove the temporary file, leave ``filename`` untouched.
-
-        Aborting a committed or aborted writer does nothing.
-        """
-        if self._state != "open":
-            return
-        self._state = "aborted"
+    def _abort(self) -> None:
+        """Abandon the file: remove the temporary file, leave ``filename`` untouched."""
         self._progress.close()
         try:
             self._close_fd()
         finally:
             self._output.abort()
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
     def write(self, batch: npt.ArrayLike | FrameBatch) -> None:
         """Append one frame ``(n, n)`` or a batch ``(k, n, n)`` of frames, in scan order.
@@ -505,7 +494,7 @@ class BlockfileWriter(FrameSink):
 
     def _put(self, start: int, batch: npt.NDArray[Any]) -> None:
         """Convert and write frames ``start:start+len(batch)``; thread-safe."""
-        self._check_open()
+        self.check_open()
         if batch.ndim != 3 or batch.shape[1:] != (self.frame_size, self.frame_size):
             raise ParameterError(
                 f"frames of shape {batch.shape} are not {self.frame_size} x {self.frame_size}",
@@ -571,56 +560,38 @@ class BlockfileWriter(FrameSink):
         os.ftruncate(self._fd, self._size)
         return in_range
 
-    def commit(self) -> Path:
+    def _commit(self) -> Path:
         """Write the navigator and the header, then move the file to ``filename``.
 
-        Committing again does nothing but return the path.
-
-        Returns
-        -------
-        pathlib.Path
-            The written file.
-
-        Raises
-        ------
-        ParameterError
-            If fewer frames were written than the navigation shape holds (the writer is then
-            aborted), or the writer was aborted.
+        :meth:`commit` returns the written file's path. It raises :class:`ParameterError`
+        (and aborts) if fewer frames were written than the navigation shape holds.
         """
-        if self._state == "committed":
-            return self.path
-        self._check_open()
         self._progress.close()
-        try:
-            if self.frames_written != self.frames:
-                raise ParameterError(
-                    f"{self.frames_written} frames written, the navigation shape "
-                    f"{self.navigation_shape} needs {self.frames}",
-                    path=self.path,
-                    parameter="frames",
-                )
-            in_range: tuple[float, float] | None
-            if self._spool is not None:
-                in_range = self._rescale_spool()
-            else:
-                assert self._scale is not None
-                in_range = self._scale.in_range
-            if self._navigator is None:
-                navigator = np.zeros(self.frames, np.uint8)
-            elif isinstance(self._navigator, str):
-                assert self._means is not None
-                navigator = self._means
-            else:
-                navigator = self._navigator
-            _pwrite(self._fd, _navigator_bytes(navigator, in_range), VBF_OFFSET)
-            header = format_header(self._fields, self._note, endianess=self.endianess)
-            _pwrite(self._fd, np.frombuffer(header, np.uint8), 0)
-            self._close_fd()
-            self._output.commit()
-        except BaseException:
-            self.abort()
-            raise
-        self._state = "committed"
+        if self.frames_written != self.frames:
+            raise ParameterError(
+                f"{self.frames_written} frames written, the navigation shape "
+                f"{self.navigation_shape} needs {self.frames}",
+                path=self.path,
+                parameter="frames",
+            )
+        in_range: tuple[float, float] | None
+        if self._spool is not None:
+            in_range = self._rescale_spool()
+        else:
+            assert self._scale is not None
+            in_range = self._scale.in_range
+        if self._navigator is None:
+            navigator = np.zeros(self.frames, np.uint8)
+        elif isinstance(self._navigator, str):
+            assert self._means is not None
+            navigator = self._means
+        else:
+            navigator = self._navigator
+        _pwrite(self._fd, _navigator_bytes(navigator, in_range), VBF_OFFSET)
+        header = format_header(self._fields, self._note, endianess=self.endianess)
+        _pwrite(self._fd, np.frombuffer(header, np.uint8), 0)
+        self._close_fd()
+        self._output.commit()
         return self.path
 
 

@@ -237,8 +237,6 @@ class EmdWriter(FrameSink):
         general = metadata.get("General") or {}
         self.title = title or str(general.get("title") or "") or "__unnamed__"
         self.frames_written = 0
-        self._state = "open"
-        self._shape: tuple[int, ...] = ()
         nav_dims = len(array_shape) - len(self.signal_shape)
         stored_chunks: tuple[int, ...] | bool
         if chunks is True:
@@ -320,7 +318,7 @@ class EmdWriter(FrameSink):
                 **{key: value for key, value in dataset_options.items() if value is not None},
             )
         except BaseException:
-            self._abort()
+            self.abort()
             raise
 
     def _prepare(
@@ -362,7 +360,7 @@ class EmdWriter(FrameSink):
             If the frames do not fit the file or the scan, or the writer was committed or
             aborted. A failure to write aborts the writer.
         """
-        self._check_open()
+        self.check_open()
         array = batch.frames if isinstance(batch, FrameBatch) else np.asarray(batch)
         if array.shape == self.signal_shape:
             array = array[np.newaxis]
@@ -396,7 +394,7 @@ class EmdWriter(FrameSink):
                 self._pending_frames += count
                 self._write_slabs(final=False)
         except BaseException:
-            self._abort()
+            self.abort()
             raise
         self.frames_written += count
 
@@ -510,40 +508,22 @@ class EmdWriter(FrameSink):
 
     # Finishing --------------------------------------------------------------------------
 
-    def commit(self) -> tuple[int, ...]:
+    def _commit(self) -> tuple[int, ...]:
         """Finish the file and give it its final name.
 
         A scan that ended early keeps its complete lines; if no line is complete, the frames
-        are kept as a stack. Committing again does nothing but return the same shape.
-
-        Returns
-        -------
-        tuple of int
-            Shape of the written array (array order, navigation axes first): the kept scan
-            shape followed by the signal shape.
-
-        Raises
-        ------
-        ParameterError
-            If the writer was aborted, or a single-frame signal never got its frame (the
-            writer is then aborted).
+        are kept as a stack. :meth:`commit` returns the shape of the written array (array
+        order, navigation axes first): the kept scan shape followed by the signal shape. It
+        raises :class:`ParameterError` (and aborts) if a single-frame signal never got its
+        frame.
         """
-        if self._state == "committed":
-            return self._shape
-        self._check_open()
-        try:
-            self._write_previous()
-            self._write_slabs(final=True)
-            shape, axes = self._finish_shape()
-            self._write_dims(shape, axes)
-            self._shutdown_executor()
-            self._resources.close()
-            self._output.commit()
-        except BaseException:
-            self._abort()
-            raise
-        self._state = "committed"
-        self._shape = shape
+        self._write_previous()
+        self._write_slabs(final=True)
+        shape, axes = self._finish_shape()
+        self._write_dims(shape, axes)
+        self._shutdown_executor()
+        self._resources.close()
+        self._output.commit()
         return shape
 
     def _finish_shape(self) -> tuple[tuple[int, ...], list[dict[str, Any]]]:
@@ -645,26 +625,13 @@ class EmdWriter(FrameSink):
             self._transposer.shutdown(wait=True)
             self._transposer = None
 
-    def abort(self) -> None:
-        """Discard the file: nothing appears under its final name.
-
-        An existing file of that name is left untouched. Aborting a committed or aborted
-        writer does nothing.
-        """
-        if self._state == "open":
-            self._abort()
-
     def _abort(self) -> None:
-        self._state = "aborted"
+        """Discard the file; an existing file of that name is left untouched."""
         try:
             self._shutdown_executor()
             self._resources.close()
         finally:
             self._output.abort()
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
 
 def _transpose_frames(out: npt.NDArray[Any], frames: npt.NDArray[Any]) -> None:

@@ -192,7 +192,6 @@ class MibWriter(FrameSink):
         self.hdr_scan_size = hdr_scan_size
         self._max_value = (1 << counter_depth) - 1
         self._hdr: Path | None = None
-        self._state = "open"
         if write_hdr:
             if frames_expected is None:
                 frames_expected = int(np.prod(self.scan_shape)) if self.scan_shape else 0
@@ -205,35 +204,15 @@ class MibWriter(FrameSink):
             self._remove(self._hdr)
             raise
 
-    def commit(self) -> None:
-        """Flush the file to disk and close it; committing again does nothing.
-
-        Returns
-        -------
-        None
-
-        Raises
-        ------
-        ParameterError
-            If the writer was aborted.
-        """
-        if self._state == "committed":
-            return
-        self._check_open()
+    def _commit(self) -> None:
+        """Flush the file to disk and close it (:meth:`commit` returns ``None``)."""
         try:
             os.fsync(self._stream.fileno())
         finally:
             self._stream.close()
-        self._state = "committed"
 
-    def abort(self) -> None:
-        """Close the file and remove the ``.mib`` and the ``.hdr`` this writer created.
-
-        Aborting a committed or aborted writer does nothing.
-        """
-        if self._state != "open":
-            return
-        self._state = "aborted"
+    def _abort(self) -> None:
+        """Close the file and remove the ``.mib`` and the ``.hdr`` this writer created."""
         self._stream.close()
         self._remove(self.path)
         self._remove(self._hdr)
@@ -243,10 +222,6 @@ class MibWriter(FrameSink):
         if path is not None:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
     def _timestamps(self, start: int, count: int) -> npt.NDArray[Any]:
         index = np.arange(start, start + count, dtype=np.int64)
@@ -368,7 +343,7 @@ class MibWriter(FrameSink):
         ParameterError
             If the frames do not fit the writer, or it was committed or aborted.
         """
-        self._check_open()
+        self.check_open()
         records = self.records(batch.frames if isinstance(batch, FrameBatch) else batch)
         self._stream.write(records.view(np.uint8).data)
         self.frames_written += len(records)
@@ -379,7 +354,7 @@ class MibWriter(FrameSink):
         This is what a file holds when the camera stops mid-frame; the record is not counted
         as written.
         """
-        self._check_open()
+        self.check_open()
         record = self.records(frame).view(np.uint8)
         self._stream.write(record[: max(0, min(nbytes, record.size - 1))].data)
 

@@ -246,7 +246,6 @@ class TvipsWriter(FrameSink):
         self._fd: int | None = None
         self._flusher = _Flusher()
         self._outputs: list[AtomicFile] = []
-        self._state = "open"
         try:
             if not atomic:
                 self._remove_parts(from_index=1)
@@ -290,51 +289,22 @@ class TvipsWriter(FrameSink):
             fd, self._fd = self._fd, None
             self._flusher.close_file(fd)
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         """Finish the series: flush and close the parts and, when atomic, rename them.
 
         Parts of an earlier series of the same name beyond the last one written are removed.
-        Committing again does nothing.
-
-        Returns
-        -------
-        None
-
-        Raises
-        ------
-        ParameterError
-            If the writer was aborted.
+        :meth:`commit` returns ``None``.
         """
-        if self._state == "committed":
-            return
-        self._check_open()
-        try:
-            self._close_part()
-            self._flusher.wait()
-        except BaseException:
-            self.abort()
-            raise
+        self._close_part()
+        self._flusher.wait()
         self._flusher.shutdown()
-        self._state = "committed"
         # The first part last: a reader that finds it finds the whole series.
-        outputs = self._outputs[::-1]
-        try:
-            for output in outputs:
-                output.commit()
-        except BaseException:
-            for output in outputs:
-                output.abort()
-            raise
+        for output in self._outputs[::-1]:
+            output.commit()
         self._remove_parts(from_index=len(self.paths))
 
-    def abort(self) -> None:
-        """Remove what was written: the temporary files, or the parts written in place.
-
-        Aborting a committed or aborted writer does nothing.
-        """
-        if self._state != "open":
-            return
-        self._state = "aborted"
+    def _abort(self) -> None:
+        """Remove what was written: the temporary files, or the parts written in place."""
         self._close_part()
         with contextlib.suppress(OSError):
             self._flusher.wait()
@@ -345,10 +315,6 @@ class TvipsWriter(FrameSink):
             for path in self.paths:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-
-    def _check_open(self) -> None:
-        if self._state != "open":
-            raise ParameterError(f"the writer was already {self._state}", path=self.path)
 
     def _remove_parts(self, *, from_index: int) -> None:
         """Delete parts ``from_index`` and above left by an earlier series of the same name."""
@@ -446,7 +412,7 @@ class TvipsWriter(FrameSink):
         ParameterError
             If the frames do not fit the series, or the writer was committed or aborted.
         """
-        self._check_open()
+        self.check_open()
         frames = self._frames(batch)
         headers = self.headers(len(frames), fields)
         rows = headers.view(np.uint8).reshape(len(frames), self.layout.header_bytes)
