@@ -61,7 +61,7 @@ from stemcast.formats.blockfile.spec import (
     RECORD_HEADER_SIZE,
     SIGNATURE_8BIT,
     VBF_OFFSET,
-    check_endianess,
+    byte_order,
     data_offset,
     datetime_to_serial,
     format_header,
@@ -326,6 +326,9 @@ class BlockfileWriter:
         Whether to show the progressbar or not.
     endianess : str, default="<"
         "<" or ">", depending on how the bits are written to the file.
+    endianness : str, optional
+        The same, spelled as the reference library spells it since its 0.13; see
+        :func:`file_writer`.
     """
 
     def __init__(
@@ -338,9 +341,10 @@ class BlockfileWriter:
         navigator: str | npt.ArrayLike | None = "navigator",
         header: Mapping[str, Any] | None = None,
         show_progressbar: bool = False,
-        endianess: str = "<",
+        endianess: str | None = None,
+        endianness: str | None = None,
     ) -> None:
-        check_endianess(endianess)
+        endianess = byte_order(endianess, endianness)
         self.path = Path(filename)
         self.nx, self.ny = _navigation(navigation_shape)
         self.navigation_shape = tuple(int(size) for size in navigation_shape)
@@ -785,7 +789,9 @@ def file_writer(
     intensity_scaling: IntensityScaling = None,
     navigator: str | npt.ArrayLike | None = "navigator",
     show_progressbar: bool = True,
-    endianess: str = "<",
+    endianess: str | None = None,
+    *,
+    endianness: str | None = None,
 ) -> None:
     """Write signal to blockfile.
 
@@ -825,6 +831,10 @@ def file_writer(
         Whether to show the progressbar or not.
     endianess : str, default="<"
         ``"<"`` or ``">"``, depending on how the bits are written to the file.
+    endianness : str, optional
+        The same, spelled as the reference library spells it since its 0.13. Either spelling
+        may be given, or both with the same value; different values raise
+        :class:`~stemcast.errors.ParameterError`. Neither spelling warns.
 
     Notes
     -----
@@ -834,7 +844,7 @@ def file_writer(
     ``camera_length``, ``rotation``) for the fields it lacks. ``SDP`` is rounded (the reference
     truncates, which drifts the calibration at every save).
     """
-    check_endianess(endianess)
+    endianess = byte_order(endianess, endianness)
     scaling = _check_scaling(intensity_scaling)
     data = signal["data"]
     if data.ndim < 2 or data.ndim > 4:
@@ -893,7 +903,8 @@ def convert_mib(
     header: Mapping[str, Any] | None = None,
     batch_frames: int | None = None,
     show_progressbar: bool = False,
-    endianess: str = "<",
+    endianess: str | None = None,
+    endianness: str | None = None,
 ) -> Path:
     """Convert a Merlin run to a blockfile, reading and writing a batch of frames at a time.
 
@@ -911,7 +922,7 @@ def convert_mib(
         The ``.blo`` file to write.
     navigation_shape
         ``(x, y)`` scan shape; inferred when ``None``.
-    intensity_scaling, navigator, show_progressbar, endianess
+    intensity_scaling, navigator, show_progressbar, endianess, endianness
         As :func:`file_writer`. ``"minmax"`` takes a first pass over the run for the
         minimum and maximum.
     header
@@ -929,6 +940,7 @@ def convert_mib(
     from stemcast.formats.mib.run import find_hdr, read_hdr
     from stemcast.shape import complete_lines
 
+    endianess = byte_order(endianess, endianness)
     scaling = _check_scaling(intensity_scaling)
     prop = MIBProperties.from_path(source)
     run = prop.run
