@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rsciio.emd import file_reader as read_emd
 from rsciio.quantumdetector import file_reader as read_mib
 
@@ -105,17 +108,84 @@ def test_serve_simulate_and_subscribe_work_together(tmp_path: Path) -> None:
     assert any("interrupted: 10 frames" in line for line in lines)
 
 
-def test_info_describes_tvips_and_blockfile_files() -> None:
+def test_info_describes_a_blockfile() -> None:
     from conftest import shared_file
 
-    tvips = shared_file("tvips", "test_tvips_2233_000.tvips")
     blockfile = shared_file("blockfile", "test2.blo")
-    result = run_cli("info", "--json", str(tvips))
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert summary["format"] == "tvips"
-    assert summary["shape"] == [4, 3, 3]
-    assert summary["axes"][0]["units"] == "s"
     result = run_cli("info", str(blockfile))
     assert result.returncode == 0, result.stderr
     assert "2 x 3 x 5 x 5 uint8" in result.stdout
+    result = run_cli("info", "--json", str(blockfile))
+    assert result.returncode == 0, result.stderr
+    [signal] = json.loads(result.stdout)["signals"]
+    assert signal["shape"] == [2, 3, 5, 5]
+    assert [axis["name"] for axis in signal["axes"]] == ["y", "x", "dy", "dx"]
+
+
+@pytest.mark.parametrize(
+    ("name", "navigation", "scan", "evidence"),
+    [
+        # 2233: rotator index 1..4 over 4 frames, a 2 x 2 scan.
+        ("test_tvips_2233_000.tvips", None, [2, 2], "rotator"),
+        # 2345: the rotator index counts 5 positions in 6 frames: no scan, a stack.
+        ("test_tvips_2345_000.tvips", None, [6], "none"),
+        ("test_tvips_2345_000.tvips", "2x3", [2, 3], "user"),
+    ],
+)
+def test_info_on_a_tvips_series_agrees_with_convert(
+    tmp_path: Path, name: str, navigation: str | None, scan: list[int], evidence: str
+) -> None:
+    from conftest import shared_file
+
+    path = shared_file("tvips", name)
+    shape = [] if navigation is None else ["--navigation-shape", navigation]
+    result = run_cli("info", "--json", *shape, str(path))
+    assert result.returncode == 0, result.stderr
+    [signal] = json.loads(result.stdout)["signals"]
+    assert signal["scan_shape"] == scan
+    assert signal["scan_shape_evidence"] == evidence
+    converted = run_cli("convert", str(path), "--to", "emd", "--output", str(tmp_path), *shape)
+    assert converted.returncode == 0, converted.stderr
+    [written] = read_emd(converted.stdout.split()[0])
+    assert signal["shape"] == list(written["data"].shape)
+    assert signal["shape"][: len(scan)] == scan[::-1]  # (y, x) in the array
+    text = run_cli("info", *shape, str(path))
+    assert f"scan shape   {' x '.join(map(str, scan))}" in text.stdout
+    assert f"from {evidence}: " in text.stdout
+
+
+def test_info_lists_every_signal_of_a_velox_file(tmp_path: Path) -> None:
+    from conftest import shared_file
+
+    with zipfile.ZipFile(shared_file("emd", "velox_emd_version11.zip")) as archive:
+        archive.extractall(tmp_path)
+    path = tmp_path / "Test SI 16x16 215 kx.emd"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = read_emd(str(path), lazy=True)
+    assert len(expected) > 1
+    result = run_cli("info", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["format"] == "emd"
+    assert [signal["title"] for signal in summary["signals"]] == [
+        signal["metadata"]["General"]["title"] for signal in expected
+    ]
+    assert [signal["shape"] for signal in summary["signals"]] == [
+        list(signal["data"].shape) for signal in expected
+    ]
+    text = run_cli("info", str(path)).stdout
+    assert f"emd ({len(expected)} signals)" in text
+    for number, signal in enumerate(expected, 1):
+        assert f"signal {number:<5} {signal['metadata']['General']['title']}" in text
+
+
+def test_info_help_names_the_formats_it_describes() -> None:
+    detailed = run_cli("info", "--help")
+    assert detailed.returncode == 0
+    overview = run_cli("--help").stdout
+    # The command's one-line help, wrapped: from "info" to the next command.
+    one_line = overview.split("\n    info ", 1)[1].split("\n    serve ", 1)[0]
+    for name in (".mib", ".tvips", ".blo", "EMD"):
+        assert name in detailed.stdout
+        assert name in one_line

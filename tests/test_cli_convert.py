@@ -7,6 +7,7 @@ over TCP.
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 import warnings
@@ -86,6 +87,21 @@ def test_convert_writes_every_target_of_every_run_and_prints_the_paths(
         assert (data.compression, data.compression_opts) == ("gzip", 2)
     blockfile = quietly(rsciio_blockfile.file_reader, str(out / "merlin.blo"))[0]["data"]
     assert (blockfile.min(), blockfile.max()) == (0, 255)
+
+
+def test_endianness_option_writes_a_big_endian_blockfile(runs: list[Path], tmp_path: Path) -> None:
+    done = stemcast(
+        "convert", runs[0], "--to", "blockfile", "--output", tmp_path,
+        "--option", "blockfile.endianness=>", "--option", "blockfile.intensity_scaling=minmax",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "merlin.blo"
+    raw = path.read_bytes()
+    (offset,) = struct.unpack_from(">I", raw, 12)  # Data_offset_2, big-endian header
+    assert struct.unpack_from(">HI", raw, offset) == (0x55AA, 0)
+    frames = quietly(rsciio_blockfile.file_reader, str(path), endianness=">")[0]["data"]
+    assert frames.shape == mib_frames(runs[0]).shape
+    assert (frames.min(), frames.max()) == (0, 255)
 
 
 def test_a_navigation_shape_is_used_for_every_run(runs: list[Path], tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,27 +110,46 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"  {name:<12} {value}")
 
 
-def signal_summary(path: Path) -> dict[str, Any]:
+def signal_summary(path: Path, navigation_shape: tuple[int, int] | None = None) -> dict[str, Any]:
     """Describe any supported file from what its reader returns (read lazily).
+
+    Every signal of the file is described (a Velox EMD file holds several). A TVIPS series is
+    read with the scan shape ``stemcast convert`` writes: ``navigation_shape`` if given, else
+    the scan the rotator index of the frame headers shows (the reader's ``scan_shape="auto"``,
+    :func:`stemcast.formats.tvips.reader.auto_scan`, which the converter calls too), else a
+    stack of frames.
 
     Parameters
     ----------
     path
         A data file of a supported format.
+    navigation_shape
+        ``(x, y)`` given by the user, if any (used for TVIPS series).
 
     Returns
     -------
     dict
-        JSON-serialisable summary: format, shape, dtype, axes and, where the reader reports
-        it, the scan shape and its evidence.
+        JSON-serialisable summary: ``format`` and ``signals``, one entry per signal with its
+        title, shape, dtype, axes and, where the reader reports it, the scan shape and its
+        evidence.
     """
     from stemcast.formats import detect_format, load
 
     name = detect_format(path)
-    signal = load(path, lazy=True)[0]
+    options: dict[str, Any] = {}
+    if name == "tvips":
+        options["scan_shape"] = tuple(reversed(navigation_shape)) if navigation_shape else "auto"
+    with warnings.catch_warnings():
+        # "auto" warns when the headers show no scan; the summary gives the reason itself.
+        warnings.filterwarnings("ignore", message=".*found no scan", category=UserWarning)
+        signals = load(path, lazy=True, **options)
+    return {"format": name, "signals": [_signal_entry(signal) for signal in signals]}
+
+
+def _signal_entry(signal: dict[str, Any]) -> dict[str, Any]:
     data = signal["data"]
-    summary: dict[str, Any] = {
-        "format": name,
+    entry: dict[str, Any] = {
+        "title": (signal.get("metadata") or {}).get("General", {}).get("title"),
         "shape": list(data.shape),
         "dtype": str(data.dtype),
         "bytes": int(data.nbytes),
@@ -138,29 +158,35 @@ def signal_summary(path: Path) -> dict[str, Any]:
             for axis in signal["axes"]
         ],
     }
-    scan = signal["original_metadata"].get("scan_shape")
+    scan = (signal.get("original_metadata") or {}).get("scan_shape")
     if isinstance(scan, dict):
-        summary["scan_shape"] = list(scan.get("shape", ()))
-        summary["scan_shape_evidence"] = scan.get("evidence")
-        summary["scan_shape_detail"] = scan.get("detail")
-    return summary
+        entry["scan_shape"] = list(scan.get("shape", ()))
+        entry["scan_shape_evidence"] = scan.get("evidence")
+        entry["scan_shape_detail"] = scan.get("detail")
+    return entry
 
 
 def _print_signal_summary(summary: dict[str, Any]) -> None:
-    shape = " x ".join(map(str, summary["shape"]))
-    print(f"  {'format':<12} {summary['format']}")
-    print(f"  {'data':<12} {shape} {summary['dtype']} ({summary['bytes'] / 1e6:.1f} MB)")
-    for axis in summary["axes"]:
-        units = f" {axis['units']}" if axis["units"] else ""
-        print(
-            f"  {'axis':<12} {axis['name'] or '(unnamed)'}: {axis['size']} x "
-            f"{axis['scale']}{units} from {axis['offset']}"
-        )
-    if "scan_shape" in summary:
-        print(
-            f"  {'scan shape':<12} {' x '.join(map(str, summary['scan_shape']))} from "
-            f"{summary['scan_shape_evidence']}: {summary['scan_shape_detail']}"
-        )
+    signals = summary["signals"]
+    count = f" ({len(signals)} signals)" if len(signals) > 1 else ""
+    print(f"  {'format':<12} {summary['format']}{count}")
+    for number, entry in enumerate(signals, 1):
+        if len(signals) > 1:
+            print(f"  {f'signal {number}':<12} {entry['title'] or '(untitled)'}")
+        shape = " x ".join(map(str, entry["shape"]))
+        print(f"  {'data':<12} {shape} {entry['dtype']} ({entry['bytes'] / 1e6:.1f} MB)")
+        for axis in entry["axes"]:
+            units = f" {axis['units']}" if axis["units"] else ""
+            print(
+                f"  {'axis':<12} {axis['name'] or '(unnamed)'}: {axis['size']} x "
+                f"{axis['scale']}{units} from {axis['offset']}"
+            )
+        if "scan_shape" in entry:
+            order = {2: " (x, y)", 3: " (x, y, scans)"}.get(len(entry["scan_shape"]), "")
+            print(
+                f"  {'scan shape':<12} {' x '.join(map(str, entry['scan_shape']))}{order} from "
+                f"{entry['scan_shape_evidence']}: {entry['scan_shape_detail']}"
+            )
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -168,7 +194,11 @@ def _info(args: argparse.Namespace) -> int:
 
     for path in args.paths:
         is_mib = detect_format(path) == "mib"
-        summary = mib_summary(path, args.navigation_shape) if is_mib else signal_summary(path)
+        summary = (
+            mib_summary(path, args.navigation_shape)
+            if is_mib
+            else signal_summary(path, args.navigation_shape)
+        )
         if args.json:
             print(json.dumps(summary, indent=2, default=str))
             continue
@@ -604,12 +634,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    info = commands.add_parser("info", help="describe acquisition files")
-    info.add_argument(
-        "paths", nargs="+", type=Path, metavar="PATH", help=".mib, .tvips or .blo file(s)"
+    info = commands.add_parser(
+        "info",
+        help="describe Merlin .mib, TVIPS .tvips, blockfile .blo and EMD files",
+        description=(
+            "Describe data files. Merlin .mib runs: files, layout, frames, scan shape and its "
+            "evidence, interruption. TVIPS .tvips series: data and axes with the scan shape "
+            "'stemcast convert' writes (from the rotator index of the frame headers). "
+            "NanoMegas .blo blockfiles and EMD files (NCEM, Velox): data and axes of every "
+            "signal."
+        ),
     )
     info.add_argument(
-        "--navigation-shape", type=_scan, metavar="XxY", help="scan shape to assume, e.g. 64x32"
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help=".mib, .tvips, .blo or .emd file(s)",
+    )
+    info.add_argument(
+        "--navigation-shape",
+        type=_scan,
+        metavar="XxY",
+        help="scan shape to assume for Merlin and TVIPS runs, e.g. 64x32",
     )
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_info)

@@ -19,6 +19,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from mib_helpers import write_stored
 from stemcast.errors import ParameterError
 from stemcast.readers import mib as ours
 from stemcast.shape import (
@@ -485,7 +486,7 @@ def test_infer_scan_shape_order_of_evidence() -> None:
 def test_memory_buffer_reads_like_the_file(tmp_path: Path, quad: bool) -> None:
     shape = (512, 512) if quad else (256, 256)
     frames = frames_of(4, shape)
-    path = write_mib(tmp_path / "b.mib", frames, counter_depth=12, quad=quad)
+    path = write_stored(tmp_path / "b.mib", frames, counter_depth=12, quad=quad)
     content = path.read_bytes()
     for buffer in (content, bytearray(content), memoryview(content)):
         data = ours.load_mib_data(buffer)
@@ -512,7 +513,7 @@ def test_memory_buffer_against_the_reference(tmp_path: Path, quad: bool) -> None
     rsciio_qd = pytest.importorskip("rsciio.quantumdetector")
     shape = (512, 512) if quad else (256, 256)
     frames = frames_of(2, shape, depth=6)
-    content = write_mib(tmp_path / "r.mib", frames, counter_depth=6, quad=quad).read_bytes()
+    content = write_stored(tmp_path / "r.mib", frames, counter_depth=6, quad=quad).read_bytes()
     mine = ours.load_mib_data(content)
     np.testing.assert_array_equal(mine, frames)
     try:
@@ -543,7 +544,7 @@ def big_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray
     """A 16 x 16 scan of 256 x 256 12-bit frames: 34 MB on disk."""
     frames = np.random.default_rng(42).integers(0, 4096, (256, 256, 256), dtype=np.uint16)
     path = tmp_path_factory.mktemp("big") / "big.mib"
-    write_mib(path, frames, counter_depth=12, scan_shape=(16, 16), hdr_scan_size=True)
+    write_stored(path, frames, counter_depth=12, scan_shape=(16, 16), hdr_scan_size=True)
     assert path.stat().st_size > 30e6
     return path, frames.reshape(16, 16, 256, 256)
 
@@ -576,7 +577,7 @@ def small_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarr
     """An 8 x 6 scan (x, y) of 128 x 256 24-bit frames."""
     frames = frames_of(48, (128, 256), depth=24)
     path = tmp_path_factory.mktemp("small") / "small.mib"
-    write_mib(path, frames, counter_depth=24, scan_shape=(8, 6), hdr_scan_size=True)
+    write_stored(path, frames, counter_depth=24, scan_shape=(8, 6), hdr_scan_size=True)
     return path, frames.reshape(6, 8, 128, 256)
 
 
@@ -617,7 +618,7 @@ def test_explicit_chunks_give_the_eager_values(
 )
 def test_lazy_chunks_are_native_endian(tmp_path: Path, depth: int, raw: bool) -> None:
     frames = frames_of(6, (128, 256), depth=depth)
-    path = write_mib(tmp_path / "n.mib", frames, counter_depth=depth, raw=raw)
+    path = write_stored(tmp_path / "n.mib", frames, counter_depth=depth, raw=raw)
     lazy = read(path, lazy=True, chunks=(2, 64, 256))["data"]
     assert lazy.dtype.isnative
     for block in lazy.blocks:

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mib_helpers import write_stored
 from stemcast.errors import UnsupportedError
 from stemcast.readers import mib as ours
-from stemcast.writers.mib import MibWriter, write_mib
+from stemcast.writers.mib import MibWriter
 
 ZIP = (
     Path(__file__).resolve().parents[3]
@@ -272,7 +273,9 @@ def _random_frames(rng: np.random.Generator, depth: int, shape: tuple[int, ...])
 def test_single_chip_raw_payload_follows_the_spec(tmp_path: Path, depth: int, rows: int) -> None:
     rng = np.random.default_rng(depth)
     frames = _random_frames(rng, depth, (3, rows, CHIP))
-    path = write_mib(tmp_path / "raw.mib", frames, counter_depth=depth, raw=True, start_time=START)
+    path = write_stored(
+        tmp_path / "raw.mib", frames, counter_depth=depth, raw=True, start_time=START
+    )
     payload_size = SINGLE_PAYLOAD[depth] * rows // CHIP
     payloads = record_payloads(path, 384, payload_size)
     assert len(payloads) == 3
@@ -294,7 +297,7 @@ def test_24bit_raw_reads_whatever_the_width_field(tmp_path: Path, width_field: s
     # a doubled and a plain width must decode the same two-image payload.
     rng = np.random.default_rng(24)
     frames = _random_frames(rng, 24, (2, CHIP, CHIP))
-    path = write_mib(tmp_path / "raw24.mib", frames, counter_depth=24, raw=True)
+    path = write_stored(tmp_path / "raw24.mib", frames, counter_depth=24, raw=True)
     content = bytearray(path.read_bytes())
     record = 384 + SINGLE_PAYLOAD[24]
     assert len(content) == 2 * record
@@ -311,7 +314,7 @@ def test_quad_raw_payload_follows_the_spec(tmp_path: Path, depth: int, gap: bool
     rng = np.random.default_rng(depth + 100 * gap)
     size = 514 if gap else 512
     frames = _random_frames(rng, depth, (2, size, size))
-    path = write_mib(
+    path = write_stored(
         tmp_path / "quad.mib", frames, counter_depth=depth, raw=True, quad=True, gap=gap
     )
     fields = header_fields(path, 768)
@@ -343,7 +346,9 @@ def test_quad_raw_chip_placement(tmp_path: Path, depth: int, gap: bool) -> None:
     frames = np.zeros((4, size, size), DTYPES[depth])
     for index, where in enumerate(quadrants.values()):
         frames[(index, *where)] = value
-    path = write_mib(tmp_path / "q.mib", frames, counter_depth=depth, raw=True, quad=True, gap=gap)
+    path = write_stored(
+        tmp_path / "q.mib", frames, counter_depth=depth, raw=True, quad=True, gap=gap
+    )
     chip_row = CHIP * {1: 1, 6: 8, 12: 16}[depth] // 8  # bytes of one chip row
     payloads = record_payloads(path, 768, 4 * CHIP * chip_row)
     full = b"\xff" * chip_row if depth == 1 else spec_word_bytes(np.full(CHIP, value), depth)
@@ -362,7 +367,7 @@ def test_quad_raw_rotation_of_bottom_chips(tmp_path: Path) -> None:
     frame[30, 256 + 40] = 2  # top-right: chip C, stored row 30, column 40
     frame[511 - 50, 60] = 3  # bottom-left: chip B, stored row 50, column 255 - 60
     frame[511 - 70, 256 + 80] = 4  # bottom-right: chip A, stored row 70, column 255 - 80
-    path = write_mib(tmp_path / "p.mib", frame[None], counter_depth=6, raw=True, quad=True)
+    path = write_stored(tmp_path / "p.mib", frame[None], counter_depth=6, raw=True, quad=True)
     (payload,) = record_payloads(path, 768, 4 * CHIP * CHIP)
     stored = np.frombuffer(payload, np.uint8).reshape(-1, 8)[:, ::-1].reshape(CHIP, 4 * CHIP)
     expected = np.zeros((CHIP, 4 * CHIP), np.uint8)
@@ -377,7 +382,7 @@ def test_frame_by_frame_raw_equals_write_at_once(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     frames = _random_frames(rng, 12, (3, 512, 512))
     options = {"counter_depth": 12, "raw": True, "quad": True, "start_time": START}
-    write_mib(tmp_path / "once.mib", frames, **options)
+    write_stored(tmp_path / "once.mib", frames, **options)
     with MibWriter(tmp_path / "each.mib", frame_shape=(512, 512), **options) as writer:
         for frame in frames:
             writer.write(frame)
@@ -388,7 +393,7 @@ def test_24bit_quad_raw_is_unsupported(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedError):
         MibWriter(tmp_path / "w.mib", frame_shape=(512, 512), counter_depth=24, raw=True, quad=True)
     with pytest.raises(UnsupportedError):
-        write_mib(
+        write_stored(
             tmp_path / "x.mib",
             np.zeros((1, 512, 512), np.uint32),
             counter_depth=24,
@@ -397,7 +402,7 @@ def test_24bit_quad_raw_is_unsupported(tmp_path: Path) -> None:
         )
     assert not (tmp_path / "x.mib").exists()
     # A 12-bit quad RAW file whose MQ1A block claims 24 bits: the reader refuses it.
-    path = write_mib(
+    path = write_stored(
         tmp_path / "q.mib",
         np.zeros((1, 512, 512), np.uint16),
         counter_depth=12,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from test_mib_raw import spec_decode_1bit
 
+from mib_helpers import write_stored
 from stemcast.errors import ParameterError, StemcastError
 from stemcast.formats.mib import virtual as _virtual
 from stemcast.readers import mib as ours
@@ -76,7 +77,9 @@ def test_totals_of_every_kind_of_file(
     if gap:  # gap pixels are not stored: they read as zero
         frames[:, shape[0] // 2 - 1 : shape[0] // 2 + 1] = 0
         frames[:, :, 256:258] = 0
-    path = write_mib(tmp_path / "run.mib", frames, counter_depth=depth, raw=raw, quad=quad, gap=gap)
+    path = write_stored(
+        tmp_path / "run.mib", frames, counter_depth=depth, raw=raw, quad=quad, gap=gap
+    )
     mask = disk_mask(shape) if masked else None
     result = ours.virtual_image(path, mask)
     assert result.dtype == np.uint64

@@ -17,11 +17,11 @@ import dask.array as da
 import numpy as np
 import pytest
 
+from mib_helpers import write_stored
 from stemcast.errors import ParameterError
 from stemcast.readers.blockfile import file_reader, read_header, read_navigator
 from stemcast.readers.mib import file_reader as mib_reader
 from stemcast.writers.blockfile import BlockfileWriter, convert_mib, file_writer
-from stemcast.writers.mib import write_mib
 
 SCALINGS: list[Any] = [None, "dtype", "minmax", "crop", (5, 200)]
 
@@ -231,9 +231,9 @@ def _run(tmp_path: Path, frames_written: int | None = None) -> tuple[Path, np.nd
     data.reshape(-1)[:2] = 0, 4095
     path = tmp_path / "run.mib"
     flat = data.reshape(-1, 32, 32)[:frames_written]
-    write_mib(
+    write_stored(
         path,
-        [flat],
+        flat,
         frame_shape=(32, 32),
         scan_shape=(6, 4),
         hdr_scan_size=True,

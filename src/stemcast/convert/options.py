@@ -30,7 +30,7 @@ TARGETS: dict[str, str] = {"blockfile": ".blo", "emd": ".emd"}
 
 _GZIP_DEFAULT_LEVEL = 4
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "blockfile": ("endianess", "intensity_scaling"),
+    "blockfile": ("endianess", "endianness", "intensity_scaling"),
     "emd": ("chunks", "compression", "compression_opts", "shuffle"),
 }
 #: The default blockfile scaling: ``"minmax"`` for sources wider than 8 bits, else none.
@@ -101,7 +101,8 @@ def check_options(
         - blockfile: ``intensity_scaling`` (``None``, ``"dtype"``, ``"minmax"``, ``"crop"``
           or ``[low, high]``; by default ``"minmax"`` for sources wider than 8 bits, whose
           counts would otherwise wrap around at 256, and ``None`` for 8-bit sources),
-          ``endianess`` (``"<"`` or ``">"``);
+          ``endianess`` (``"<"`` or ``">"``; also spelled ``endianness``, as the reference
+          library since its 0.13, and kept as ``endianess``);
         - emd: ``chunks`` (list of int in array order, navigation axes first, or ``None``),
           ``compression`` (``None``, ``"gzip"`` or ``"lzf"``), ``compression_opts`` (gzip
           level 0-9, default 4), ``shuffle`` (bool; only with compression).
@@ -159,12 +160,20 @@ def _blockfile_options(items: Mapping[str, Any]) -> dict[str, Any]:
             )
     elif scaling is not None:
         scaling = _range(scaling, where)
-    endianess = items.get("endianess", "<")
-    if endianess not in ("<", ">"):
+    given = {name: items[name] for name in ("endianess", "endianness") if name in items}
+    for name, value in given.items():
+        if value not in ("<", ">"):
+            raise ParameterError(
+                f"{value!r} is not '<' or '>'", parameter=f"options.blockfile.{name}"
+            )
+    if len(set(given.values())) > 1:
         raise ParameterError(
-            f"{endianess!r} is not '<' or '>'", parameter="options.blockfile.endianess"
+            f"endianess={given['endianess']!r} and endianness={given['endianness']!r} "
+            "disagree: give one of them",
+            parameter="options.blockfile.endianness",
         )
-    return {"intensity_scaling": scaling, "endianess": endianess}
+    # One key for both spellings, so equal requests normalise (and hash) alike.
+    return {"intensity_scaling": scaling, "endianess": next(iter(given.values()), "<")}
 
 
 def resolve_scaling(options: Mapping[str, Any], dtype: npt.DTypeLike) -> dict[str, Any]:

@@ -63,7 +63,7 @@ from stemcast.errors import (
     StemcastError,
     TruncatedError,
 )
-from stemcast.formats.blockfile.spec import MAX_SIZE, RECORD_HEADER_SIZE
+from stemcast.formats.blockfile.spec import MAX_SIZE, RECORD_HEADER_SIZE, byte_order
 from stemcast.formats.runs import open_run, run_name, run_source
 from stemcast.shape import Evidence, ScanShape, check_navigation_shape, complete_lines
 from stemcast.sink import FrameSink
@@ -723,7 +723,8 @@ def convert_mib(
     header: Mapping[str, Any] | None = None,
     batch_frames: int | None = None,
     show_progressbar: bool = False,
-    endianess: str = "<",
+    endianess: str | None = None,
+    endianness: str | None = None,
 ) -> Path:
     """Convert a Merlin run to a blockfile, reading and writing a batch of frames at a time.
 
@@ -742,7 +743,7 @@ def convert_mib(
         The ``.blo`` file to write.
     navigation_shape
         ``(x, y)`` scan shape; inferred when ``None``.
-    intensity_scaling, navigator, show_progressbar, endianess
+    intensity_scaling, navigator, show_progressbar, endianess, endianness
         As :func:`stemcast.writers.blockfile.file_writer`. ``"minmax"`` takes a first pass
         over the run for the minimum and maximum.
     header
@@ -768,7 +769,12 @@ def convert_mib(
     scaling = list(intensity_scaling) if isinstance(intensity_scaling, tuple) else intensity_scaling
     checked = check_options(
         ["blockfile"],
-        {"blockfile": {"intensity_scaling": scaling, "endianess": endianess}},
+        {
+            "blockfile": {
+                "intensity_scaling": scaling,
+                "endianess": byte_order(endianess, endianness),
+            }
+        },
     )
     plan = _plan(first, navigation_shape, partial_line_stack=False)
     _check_targets(plan, ["blockfile"], checked)

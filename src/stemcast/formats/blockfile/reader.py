@@ -19,7 +19,7 @@ from stemcast.formats._mmap import resolve_mmap_mode
 from stemcast.formats.blockfile.spec import (
     VBF_OFFSET,
     BlockfileHeader,
-    check_endianess,
+    byte_order,
     parse_header,
     serial_to_datetime,
 )
@@ -27,21 +27,28 @@ from stemcast.formats.blockfile.spec import (
 _logger = logging.getLogger(__name__)
 
 
-def read_header(path: str | os.PathLike[str], endianess: str = "<") -> BlockfileHeader:
+def read_header(
+    path: str | os.PathLike[str],
+    endianess: str | None = None,
+    *,
+    endianness: str | None = None,
+) -> BlockfileHeader:
     """Read the header and note of a blockfile.
 
     Parameters
     ----------
     path
         The ``.blo`` file.
-    endianess : str, default="<"
-        ``"<"`` or ``">"``, depending on how the bits are written to the file.
+    endianess, endianness : {"<", ">"}, optional
+        Two spellings of the byte order of the file (``"<"`` when neither is given); see
+        :func:`file_reader`.
 
     Returns
     -------
     BlockfileHeader
         The typed header.
     """
+    endianess = byte_order(endianess, endianness)
     if not os.path.isfile(path):
         raise FormatError("no such file", path=path)
     with open(path, "rb") as stream:
@@ -53,22 +60,28 @@ def read_header(path: str | os.PathLike[str], endianess: str = "<") -> Blockfile
     return header
 
 
-def read_navigator(path: str | os.PathLike[str], endianess: str = "<") -> npt.NDArray[np.uint8]:
+def read_navigator(
+    path: str | os.PathLike[str],
+    endianess: str | None = None,
+    *,
+    endianness: str | None = None,
+) -> npt.NDArray[np.uint8]:
     """Read the virtual bright-field (navigator) image stored in a blockfile.
 
     Parameters
     ----------
     path
         The ``.blo`` file.
-    endianess : str, default="<"
-        ``"<"`` or ``">"``, depending on how the bits are written to the file.
+    endianess, endianness : {"<", ">"}, optional
+        Two spellings of the byte order of the file (``"<"`` when neither is given); see
+        :func:`file_reader`.
 
     Returns
     -------
     numpy.ndarray
         ``(NY, NX)`` uint8 image, x fastest as the frames.
     """
-    header = read_header(path, endianess)
+    header = read_header(path, byte_order(endianess, endianness))
     with open(path, "rb") as stream:
         stream.seek(header.vbf_offset)
         raw = stream.read(header.frames)
@@ -227,7 +240,9 @@ def file_reader(
     filename: str | os.PathLike[str],
     lazy: bool = False,
     mmap_mode: str | None = None,
-    endianess: str = "<",
+    endianess: str | None = None,
+    *,
+    endianness: str | None = None,
 ) -> list[dict[str, Any]]:
     """Read a blockfile.
 
@@ -248,6 +263,10 @@ def file_reader(
         "<" or ">", depending on how the bits are written to the file. A header whose
         signature reads only in the other byte order (RosettaSciIO writes its headers
         little-endian whatever this argument) is read in that order.
+    endianness : str, optional
+        The same, spelled as the reference library spells it since its 0.13. Either spelling
+        may be given, or both with the same value; different values raise
+        :class:`~stemcast.errors.ParameterError`. Neither spelling warns.
 
     Returns
     -------
@@ -261,7 +280,7 @@ def file_reader(
     Truncated files (fewer frame records than ``NX * NY``) are refused with
     :class:`~stemcast.errors.TruncatedError`, where the reference pads them with zeros.
     """
-    check_endianess(endianess)
+    endianess = byte_order(endianess, endianness)
     mode = resolve_mmap_mode(mmap_mode, lazy)
     path = os.fspath(filename)
     header = read_header(path, endianess)

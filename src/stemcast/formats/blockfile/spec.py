@@ -91,11 +91,44 @@ _BIT_DEPTH = re.compile(r"Blo Bit Depth\s*:\s*(\d+)\s*bits?", re.IGNORECASE)
 _BIT_DEPTH_LINE = re.compile(r"[^\r\n]*Blo Bit Depth\s*:[^\r\n]*(\r?\n)?", re.IGNORECASE)
 
 
-def check_endianess(endianess: str) -> str:
+def check_endianess(endianess: str, parameter: str = "endianess") -> str:
     """Return ``endianess`` if it is ``"<"`` or ``">"``, else raise :class:`ParameterError`."""
     if endianess not in ("<", ">"):
-        raise ParameterError(f"{endianess!r} is not '<' or '>'", parameter="endianess")
+        raise ParameterError(f"{endianess!r} is not '<' or '>'", parameter=parameter)
     return endianess
+
+
+def byte_order(endianess: str | None = None, endianness: str | None = None) -> str:
+    """Resolve the two spellings of the byte-order parameter.
+
+    The reference library spells the parameter ``endianness`` since its 0.13 and
+    ``endianess`` before; both are accepted, alone or together when they agree.
+
+    Parameters
+    ----------
+    endianess, endianness : {"<", ">"}, optional
+        The byte order under either spelling; ``"<"`` when neither is given.
+
+    Returns
+    -------
+    str
+        ``"<"`` or ``">"``.
+
+    Raises
+    ------
+    ParameterError
+        When a value is not ``"<"`` or ``">"``, or when the two spellings disagree.
+    """
+    if endianess is not None and endianness is not None and endianess != endianness:
+        raise ParameterError(
+            f"endianess={endianess!r} and endianness={endianness!r} disagree: give one of them",
+            parameter="endianness",
+        )
+    if endianness is not None:
+        return check_endianess(endianness, "endianness")
+    if endianess is not None:
+        return check_endianess(endianess)
+    return "<"
 
 
 def header_dtype(endianess: str = "<") -> np.dtype[np.void]:

@@ -63,7 +63,7 @@ from stemcast.formats.blockfile.spec import (
     RECORD_HEADER_SIZE,
     SIGNATURE_8BIT,
     VBF_OFFSET,
-    check_endianess,
+    byte_order,
     data_offset,
     datetime_to_serial,
     format_header,
@@ -328,6 +328,9 @@ class BlockfileWriter(FrameSink):
         Whether to show the progressbar or not.
     endianess : str, default="<"
         "<" or ">", depending on how the bits are written to the file.
+    endianness : str, optional
+        The same, spelled as the reference library spells it since its 0.13; see
+        :func:`file_writer`.
     """
 
     def __init__(
@@ -340,9 +343,10 @@ class BlockfileWriter(FrameSink):
         navigator: str | npt.ArrayLike | None = "navigator",
         header: Mapping[str, Any] | None = None,
         show_progressbar: bool = False,
-        endianess: str = "<",
+        endianess: str | None = None,
+        endianness: str | None = None,
     ) -> None:
-        check_endianess(endianess)
+        endianess = byte_order(endianess, endianness)
         self.path = Path(filename)
         self.nx, self.ny = _navigation(navigation_shape)
         self.navigation_shape = tuple(int(size) for size in navigation_shape)
@@ -768,7 +772,9 @@ def file_writer(
     intensity_scaling: IntensityScaling = None,
     navigator: str | npt.ArrayLike | None = "navigator",
     show_progressbar: bool = True,
-    endianess: str = "<",
+    endianess: str | None = None,
+    *,
+    endianness: str | None = None,
 ) -> None:
     """Write signal to blockfile.
 
@@ -808,6 +814,10 @@ def file_writer(
         Whether to show the progressbar or not.
     endianess : str, default="<"
         ``"<"`` or ``">"``, depending on how the bits are written to the file.
+    endianness : str, optional
+        The same, spelled as the reference library spells it since its 0.13. Either spelling
+        may be given, or both with the same value; different values raise
+        :class:`~stemcast.errors.ParameterError`. Neither spelling warns.
 
     Notes
     -----
@@ -817,7 +827,7 @@ def file_writer(
     ``camera_length``, ``rotation``) for the fields it lacks. ``SDP`` is rounded (the reference
     truncates, which drifts the calibration at every save).
     """
-    check_endianess(endianess)
+    endianess = byte_order(endianess, endianness)
     scaling = _check_scaling(intensity_scaling)
     data = signal["data"]
     if data.ndim < 2 or data.ndim > 4:

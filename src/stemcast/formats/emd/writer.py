@@ -609,8 +609,12 @@ class EmdWriter(FrameSink):
             if axis.get("axis") is not None:
                 values = np.asarray(axis["axis"], dtype=np.float64)
             else:
-                offset = float(axis.get("offset", 0.0) or 0.0)
-                scale = float(axis.get("scale", 1.0) or 1.0)
+                # Only a missing scale defaults: 0.0 is a real one (a time axis of frames
+                # without timestamps, as in TVIPS files).
+                offset = axis.get("offset")
+                offset = 0.0 if offset is None else float(offset)
+                scale = axis.get("scale")
+                scale = 1.0 if scale is None else float(scale)
                 values = np.array([offset, offset + scale], dtype=np.float64)
             dim = self._group.create_dataset(f"dim{stored_index + 1}", data=values)
             name = axis.get("name")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -416,6 +417,33 @@ def _fits(frames: npt.NDArray[Any], maximum: int) -> bool:
     return bool(low >= 0 and frames.max() <= maximum)
 
 
+#: Counter depth whose processed pixels have a given item size (unsigned integers).
+_DEPTH_OF_ITEMSIZE = {1: 6, 2: 12, 4: 24}
+
+
+def _depth_for(dtype: np.dtype[Any]) -> int:
+    """Return the counter depth whose frames read back with ``dtype`` (6, 12, 24; else 12)."""
+    if dtype.kind == "u":
+        return _DEPTH_OF_ITEMSIZE.get(dtype.itemsize, 12)
+    return 12
+
+
+def _flipped(batch: npt.ArrayLike) -> npt.NDArray[Any]:
+    """Frames in the orientation stored in the file: the reader flips them vertically."""
+    return np.asarray(batch)[..., ::-1, :]
+
+
+def _render_hdr(folder: Path, name: str, frames_expected: int, options: dict[str, Any]) -> Path:
+    """Have :class:`MibWriter` render the ``.hdr`` of ``frames_expected`` frames in ``folder``.
+
+    The frame count of an iterable is known only once it has been written, and the writer
+    renders its ``.hdr`` when it is created, so a second writer (of no frames) renders it.
+    """
+    with MibWriter(folder / name, frames_expected=frames_expected, **options):
+        pass
+    return (folder / name).with_suffix(".hdr")
+
+
 def write_mib(
     path: str | os.PathLike[str],
     frames: npt.ArrayLike | Iterable[npt.ArrayLike],
@@ -425,18 +453,30 @@ def write_mib(
 ) -> Path:
     """Write a whole acquisition to ``path`` (``.mib``) and its ``.hdr``, atomically.
 
+    ``write_mib`` is the inverse of :func:`stemcast.readers.mib.file_reader`: it takes frames
+    as the reader returns them (flipped vertically from the stored rows, which it writes back
+    in stored order) and writes the scan shape to the ``.hdr`` so that the reader (and the
+    reference reader) find it again.
+
     Parameters
     ----------
     path
         The ``.mib`` file to write.
     frames
-        An array ``(..., rows, cols)`` (navigation axes are flattened; a 4-D array also sets
-        ``scan_shape``) or an iterable of frames or frame batches.
+        Frames in :func:`~stemcast.readers.mib.file_reader`'s orientation: an array
+        ``(y, x, rows, cols)`` (a scan), ``(n, rows, cols)`` (a stack) or ``(rows, cols)`` (one
+        frame), or an iterable of frames or frame batches (a stack, unless ``scan_shape`` is
+        given). More navigation axes are flattened into a stack.
     batch_frames
         Frames encoded per write.
     **options
-        Passed to :class:`MibWriter` (``counter_depth``, ``quad``, ``raw``, ...);
-        ``frame_shape`` defaults to the frames' shape.
+        Passed to :class:`MibWriter` (``counter_depth``, ``quad``, ``raw``, ...).
+        ``frame_shape`` defaults to the frames' shape, ``scan_shape`` to ``(x, y)`` of a 4-D
+        array, ``counter_depth`` to the depth whose pixels have the data's dtype (6 for
+        ``uint8``, 12 for ``uint16``, 24 for ``uint32``, else 12). With a scan shape,
+        ``hdr_scan_size`` defaults to True (``ScanX``/``ScanY`` in the ``.hdr``) and
+        ``frames_per_trigger`` to the scan width (what the reference reader uses).
+        ``frames_expected`` (``Frames in Acquisition``) defaults to the frames written.
 
     Returns
     -------
@@ -448,25 +488,39 @@ def write_mib(
     if hasattr(frames, "shape"):
         array: Any = frames
         options.setdefault("frame_shape", tuple(array.shape[-2:]))
+        options.setdefault("counter_depth", _depth_for(np.dtype(array.dtype)))
         if array.ndim == 4:
             options.setdefault("scan_shape", (array.shape[1], array.shape[0]))
         flat = array.reshape(-1, *array.shape[-2:])
         batches = (
-            np.asarray(flat[start : start + batch_frames])
+            _flipped(flat[start : start + batch_frames])
             for start in range(0, len(flat), batch_frames)
         )
     else:
-        batches = iter(frames)  # type: ignore[arg-type]
+        batches = (_flipped(batch) for batch in frames)  # type: ignore[union-attr]
+    if options.get("scan_shape"):
+        options.setdefault("hdr_scan_size", True)
+        options.setdefault("frames_per_trigger", int(options["scan_shape"][0]))
+    # The frames and the .hdr carry the same start time.
+    options.setdefault("start_time", datetime.now(UTC))
     write_hdr = options.pop("write_hdr", True)
     frames_expected = options.pop("frames_expected", None)
-    with (
-        atomic_path(final) as temporary,
-        MibWriter(temporary, write_hdr=False, **options) as writer,
-    ):
-        for batch in batches:
-            writer.write(batch)
-    if write_hdr:
-        expected = writer.frames_written if frames_expected is None else frames_expected
-        with atomic_path(final.with_suffix(".hdr")) as temporary:
-            temporary.write_bytes(writer.hdr_bytes(expected))
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{final.name}.") as scratch:
+        staged = Path(scratch) / final.name
+        written = 0
+        with MibWriter(staged, write_hdr=False, **options) as writer:
+            for batch in batches:
+                writer.write(batch)
+                written += 1 if batch.ndim == 2 else len(batch)
+        hdr = None
+        if write_hdr:
+            expected = written if frames_expected is None else frames_expected
+            folder = Path(scratch) / "hdr"
+            folder.mkdir()
+            hdr = _render_hdr(folder, final.name, expected, options)
+        with atomic_path(final) as temporary:
+            os.replace(staged, temporary)
+        if hdr is not None:
+            with atomic_path(final.with_suffix(".hdr")) as temporary:
+                os.replace(hdr, temporary)
     return final

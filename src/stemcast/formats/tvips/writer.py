@@ -615,8 +615,9 @@ def _signal_axes(
 
 def _frame_interval_s(axes: Sequence[Mapping[str, Any]], ndim: int) -> float:
     """Seconds between frames: the scale of the axis before the signal axes if it is a time."""
-    for axis in axes:
-        if axis.get("index_in_array") == ndim - 3 and axis.get("navigate", True):
+    # HyperSpy's axis dictionaries have no index_in_array: they come in array order.
+    for position, axis in enumerate(axes):
+        if axis.get("index_in_array", position) == ndim - 3 and axis.get("navigate", True):
             factor = _unit_factor(axis.get("units"), _TIMES)
             if factor is not None:
                 return float(axis.get("scale", 1.0)) * factor / 1e3
