@@ -27,6 +27,7 @@ from stemcast.formats.runs import run_kind
 from stemcast.formats.tvips.run import TvipsSeries, part_path, series_base
 from stemcast.formats.tvips.spec import MAIN_HEADER_SIZE
 from stemcast.service.protocol import wire_dtype
+from stemcast.source import Source
 
 __all__ = ["FollowedRun", "MibSource", "NotReady", "TvipsSource", "open_source"]
 
@@ -43,35 +44,42 @@ class FollowedRun(ABC):
     #: stores whole milliseconds, whose rounding alone makes periodic gaps).
     timestamps_show_lines: bool
 
+    #: The format's run model, as far as its complete records went at the last look.
+    run: Source
+
     @property
-    @abstractmethod
     def path(self) -> str:
         """The first file of the run: the key the service knows it by."""
+        return self.run.path
 
     @property
-    @abstractmethod
     def files(self) -> list[str]:
         """All files of the run found so far, in order."""
+        return self.run.files
 
     @property
-    @abstractmethod
     def frames(self) -> int:
         """Complete records found at the last look."""
+        return self.run.frames
 
     @property
-    @abstractmethod
     def record_size(self) -> int:
         """Bytes of one record in the files (frame header and payload)."""
+        return self.run.record_size
 
     @property
-    @abstractmethod
     def frame_shape(self) -> tuple[int, int]:
         """``(rows, cols)`` of a decoded frame."""
+        return self.run.frame_shape
 
     @property
-    @abstractmethod
     def dtype(self) -> np.dtype[Any]:
         """Native dtype of decoded frames."""
+        return self.run.dtype
+
+    def read(self, start: int, stop: int) -> FrameBatch:
+        """Read and decode complete records ``start:stop``, oriented as the reader does."""
+        return next(self.run.batches(start, stop, batch_frames=max(1, stop - start)))
 
     @property
     @abstractmethod
@@ -102,10 +110,6 @@ class FollowedRun(ABC):
         """Look at the files again; ``rescan`` also looks for new files of the run."""
 
     @abstractmethod
-    def read(self, start: int, stop: int) -> FrameBatch:
-        """Read and decode complete records ``start:stop``."""
-
-    @abstractmethod
     def times_ns(self, batch: FrameBatch) -> npt.NDArray[np.int64] | None:
         """Timestamps of the frames of ``batch`` in ns since the epoch, if the headers have them."""
 
@@ -123,6 +127,8 @@ class MibSource(FollowedRun):
 
     detector = "merlin"
     timestamps_show_lines = True
+
+    run: MibRun
 
     def __init__(self, run: MibRun) -> None:
         self.run = run
@@ -156,39 +162,9 @@ class MibSource(FollowedRun):
         return cls(MibRun.open(path))
 
     @property
-    def path(self) -> str:
-        """The first ``.mib`` file."""
-        return self.run.path
-
-    @property
     def first_sequence(self) -> int:
         """Sequence number of the run's first frame (1 unless a later file of a run)."""
         return self.run.first_header.sequence_number
-
-    @property
-    def files(self) -> list[str]:
-        """The ``.mib`` files found so far."""
-        return [segment.path for segment in self.run.segments]
-
-    @property
-    def frames(self) -> int:
-        """Complete records in all files."""
-        return self.run.frames
-
-    @property
-    def record_size(self) -> int:
-        """Bytes of one record: frame header and pixels."""
-        return self.run.layout.record_size
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        """``(rows, cols)`` of a decoded frame."""
-        return self.run.layout.frame_shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Native dtype of decoded frames."""
-        return np.dtype(self.run.layout.dtype)
 
     @property
     def counter_depth(self) -> int:
@@ -227,10 +203,6 @@ class MibSource(FollowedRun):
         """Count the complete records again; ``rescan`` also looks for the run's next file."""
         self.run = self.run.refresh(siblings=rescan)
 
-    def read(self, start: int, stop: int) -> FrameBatch:
-        """Read and decode complete records ``start:stop``, oriented as ``file_reader`` does."""
-        return next(self.run.batches(start, stop, batch_frames=max(1, stop - start)))
-
     def times_ns(self, batch: FrameBatch) -> npt.NDArray[np.int64] | None:
         """Frame timestamps from the extended (``MQ1A``) header block."""
         if self.run.first_header.utc_time is None:
@@ -248,8 +220,10 @@ class TvipsSource(FollowedRun):
     detector = "tvips"
     timestamps_show_lines = False
 
+    run: TvipsSeries
+
     def __init__(self, series: TvipsSeries) -> None:
-        self.series = series
+        self.run = series
         self._base, self._extension = series_base(series.path)
 
     @classmethod
@@ -276,69 +250,35 @@ class TvipsSource(FollowedRun):
         return cls(TvipsSeries.open(path))
 
     @property
-    def path(self) -> str:
-        """The ``_000`` part."""
-        return self.series.path
-
-    @property
-    def files(self) -> list[str]:
-        """The parts found so far."""
-        return [part.path for part in self.series.parts]
-
-    @property
-    def frames(self) -> int:
-        """Complete records in all parts."""
-        return self.series.frames
-
-    @property
-    def record_size(self) -> int:
-        """Bytes of one record: frame header and pixels."""
-        return self.series.layout.record_size
-
-    @property
-    def frame_shape(self) -> tuple[int, int]:
-        """``(rows, cols)`` of a frame."""
-        return self.series.layout.frame_shape
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        """Native dtype of decoded frames."""
-        return self.series.layout.dtype
-
-    @property
     def counter_depth(self) -> int:
         """Bits per pixel: 8 or 16 from cameras."""
-        return self.series.layout.bits_per_pixel
+        return self.run.layout.bits_per_pixel
 
     def metadata(self) -> dict[str, Any]:
         """Main-header fields."""
-        main = self.series.main_header
+        main = self.run.main_header
         return {
             "version": main.version,
-            "frame_header_bytes": self.series.layout.header_bytes,
+            "frame_header_bytes": self.run.layout.header_bytes,
             "pixel_size": main.pixelsize,
             "high_tension_kv": main.ht,
             "magnification": main.magtotal,
             "binning": [main.binx, main.biny],
-            "start_ms": self.series.start_ms,
+            "start_ms": self.run.start_ms,
         }
 
     def refresh(self, *, rescan: bool) -> None:
         """Re-read the series when its last part grew or (``rescan``) a new part appeared."""
-        last = self.series.parts[-1]
+        last = self.run.parts[-1]
         size = os.path.getsize(last.path)
-        grown = size - last.offset - self.series.partial_bytes > last.frames * (
-            self.series.layout.record_size
+        grown = size - last.offset - self.run.partial_bytes > last.frames * (
+            self.run.layout.record_size
         )
-        if size < last.offset + last.frames * self.series.layout.record_size:
+        if size < last.offset + last.frames * self.run.layout.record_size:
             raise FormatError("the file shrank while it was read", path=last.path)
-        following = part_path(self._base, self._extension, len(self.series.parts))
+        following = part_path(self._base, self._extension, len(self.run.parts))
         if grown or (rescan and following.exists()):
-            self.series = self.series.refresh()
-
-    def read(self, start: int, stop: int) -> FrameBatch:
-        """Read and decode complete records ``start:stop``."""
-        return next(self.series.batches(start, stop, batch_frames=max(1, stop - start)))
+            self.run = self.run.refresh()
 
     def times_ns(self, batch: FrameBatch) -> npt.NDArray[np.int64] | None:
         """Frame times (millisecond resolution) in nanoseconds."""
