@@ -213,9 +213,8 @@ def convert_stemcast(source: Path, target: Path) -> None:
         axes=axes,
         metadata={"General": {"title": ""}, "Signal": {"signal_type": "electron_diffraction"}},
     ) as writer:
-        for batch in run.batches(batch_frames=64):
-            # The reference reader returns frames upside down; flipping is a free view here.
-            writer.write(batch.frames[:, ::-1, :])
+        for batch in run.batches(batch_frames=64):  # oriented as the readers return frames
+            writer.write(batch)
 
 
 def convert_rsciio(source: Path, target: Path) -> None:
