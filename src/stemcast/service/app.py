@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stemcast.errors import StemcastError
+from stemcast.protocol import Status
 from stemcast.service.config import ServiceSettings, http_bind_address
-from stemcast.service.discovery import watch
-from stemcast.service.jobs import JobManager
+from stemcast.service.jobs.manager import JobManager
+from stemcast.service.live.discovery import watch
+from stemcast.service.live.follower import RunFollower
+from stemcast.service.live.publisher import Publisher
+from stemcast.service.live.tail import MibSource, NotReady, open_source, stem_of
 from stemcast.service.metrics import Metrics
-from stemcast.service.protocol import Status
-from stemcast.service.publish import Publisher
-from stemcast.service.registry import Registry
-from stemcast.service.run import RunFollower
-from stemcast.service.tail import MibSource, NotReady, open_source, stem_of
+from stemcast.service.state.registry import Registry
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -331,7 +331,7 @@ async def start_http(service: Service, address: str) -> web.AppRunner:
     """
     from aiohttp import web
 
-    from stemcast.service.api import make_app
+    from stemcast.service.control.api import make_app
 
     host, port = http_bind_address(address)
     runner = web.AppRunner(make_app(service), shutdown_timeout=service.settings.shutdown_timeout_s)

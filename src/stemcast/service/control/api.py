@@ -26,9 +26,9 @@ from typing import Any
 from aiohttp import web
 
 from stemcast.errors import StemcastError
-from stemcast.service import probes
 from stemcast.service.app import Service
-from stemcast.service.jobs import JobConflict
+from stemcast.service.control import probes
+from stemcast.service.jobs.manager import JobConflict
 
 __all__ = ["SERVICE", "ApiError", "make_app"]
 

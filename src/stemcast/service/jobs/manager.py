@@ -12,7 +12,7 @@ instead of a new one, unless that job failed or was cancelled, or it is done but
 outputs has since gone.
 
 Conversions run in a pool of ``convert_workers`` worker processes
-(:mod:`stemcast.service.worker`: a crash fails the job, not the service, and a conversion
+(:mod:`stemcast.service.jobs.worker`: a crash fails the job, not the service, and a conversion
 never holds the lock the run followers need), or, with a ``scheduler``, as one
 dask.distributed task per job.
 """
@@ -36,9 +36,9 @@ from typing import Any
 from stemcast.errors import ParameterError, StemcastError
 from stemcast.formats.runs import open_run, run_source
 from stemcast.service.config import ServiceSettings
+from stemcast.service.jobs.worker import JobControl, WorkerDied, convert_in_worker, worker_pool
 from stemcast.service.metrics import Metrics
-from stemcast.service.registry import Registry
-from stemcast.service.worker import JobControl, WorkerDied, convert_in_worker, worker_pool
+from stemcast.service.state.registry import Registry
 from stemcast.shape import check_navigation_shape
 
 __all__ = ["JobConflict", "JobManager"]

@@ -18,13 +18,13 @@ from typing import Any
 
 from stemcast.batch import FrameBatch
 from stemcast.errors import StemcastError
+from stemcast.protocol import Status
 from stemcast.service.config import ServiceSettings
+from stemcast.service.live.navigation import NavigationTracker
+from stemcast.service.live.publisher import Publisher, SeriesState
+from stemcast.service.live.tail import FollowedRun, series_fields
 from stemcast.service.metrics import Metrics
-from stemcast.service.navigation import NavigationTracker
-from stemcast.service.protocol import Status
-from stemcast.service.publish import Publisher, SeriesState
-from stemcast.service.registry import Registry
-from stemcast.service.tail import FollowedRun, series_fields
+from stemcast.service.state.registry import Registry
 
 __all__ = ["RunFollower"]
 
