@@ -367,6 +367,7 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
     from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber
     from stemcast.service.app import Service, serve
     from stemcast.service.config import ServiceSettings
+    from stemcast.service.state.records import RunStatus
     from stemcast.simulate import simulate_mib
 
     converted = directory / "converted"
@@ -470,7 +471,7 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
             "central disk, built live from the received frames):"
         )
         print(_render(image))
-    complete = frames == end["frames"] and end["status"] == "complete"
+    complete = frames == end["frames"] and end["status"] == RunStatus.COMPLETE
     return 0 if complete and job is not None else 1
 
 
@@ -478,13 +479,15 @@ async def _conversion_of(service: Any, run_id: str, timeout_s: float = 120.0) ->
     """Wait for the automatic conversion of a run; return the job, or ``None`` if it failed."""
     import asyncio
 
+    from stemcast.service.state.records import JobStatus
+
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
-        jobs = service.registry.jobs(run_id=run_id)
-        if jobs and jobs[0]["status"] == "done":
+        jobs = await asyncio.to_thread(service.registry.jobs, run_id=run_id)
+        if jobs and jobs[0]["status"] is JobStatus.DONE:
             return jobs[0]
-        if jobs and jobs[0]["status"] in ("failed", "cancelled"):
+        if jobs and jobs[0]["status"] in (JobStatus.FAILED, JobStatus.CANCELLED):
             print(f"conversion {jobs[0]['status']}: {jobs[0]['error']}", file=sys.stderr)
             return None
         await asyncio.sleep(0.1)

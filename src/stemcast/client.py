@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from stemcast.service.protocol import FRAME, SERIES, SERIES_END, decode_header
+from stemcast.protocol import FRAME, SERIES, SERIES_END, decode_header
 
 __all__ = ["Event", "Frame", "SeriesEnd", "SeriesStart", "Subscriber"]
 

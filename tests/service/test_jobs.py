@@ -18,8 +18,8 @@ import pytest
 
 from stemcast.errors import ParameterError
 from stemcast.service.config import ServiceSettings
-from stemcast.service.jobs import JobConflict, JobManager
-from stemcast.service.registry import Registry
+from stemcast.service.jobs.manager import JobConflict, JobManager
+from stemcast.service.state.registry import Registry
 from stemcast.simulate import simulate_mib
 
 T = TypeVar("T")

@@ -10,8 +10,8 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from stemcast.batch import FrameBatch
+from stemcast.service.live.publisher import Publisher, SeriesState
 from stemcast.service.metrics import Metrics
-from stemcast.service.publish import Publisher, SeriesState
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stemcast.errors import FormatError, ParameterError, StemcastError, UnsupportedError
-from stemcast.service.registry import (
+from stemcast.service.state.registry import (
     JOB_STATES,
     RUN_STATES,
     Registry,
@@ -200,7 +200,7 @@ def test_rows_survive_closing_and_reopening(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys
-from stemcast.service.registry import Registry
+from stemcast.service.state.registry import Registry
 
 registry = Registry(sys.argv[1])
 index = 0

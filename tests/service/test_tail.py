@@ -9,9 +9,9 @@ import pytest
 
 from stemcast.errors import FormatError
 from stemcast.formats.runs import run_kind
+from stemcast.protocol import decode_header, encode_header
 from stemcast.readers.mib import MibRun
-from stemcast.service.protocol import decode_header, encode_header
-from stemcast.service.tail import MibSource, NotReady, open_source
+from stemcast.service.live.tail import MibSource, NotReady, open_source
 from stemcast.writers.mib import MibWriter
 
 

@@ -1,6 +1,7 @@
 """The live service: follow growing acquisition files and publish every frame over ZeroMQ.
 
-``config`` (settings), ``discovery`` (new runs), ``tail`` (follow one run), ``protocol``
-(message headers), ``publish`` (ZeroMQ sockets) and ``app`` (the daemon) each do one job;
-:func:`stemcast.service.app.serve` runs them together.
+``config`` (settings) and ``metrics`` sit beside four packages that each do one job:
+``live`` (discover runs, follow them, publish their frames), ``jobs`` (conversions),
+``state`` (the registry of runs and jobs) and ``control`` (the HTTP API and probes);
+``app`` wires them together and :func:`stemcast.service.app.serve` runs them.
 """

@@ -4,7 +4,8 @@ At start-up the service opens its registry, marks the runs a killed predecessor 
 as abandoned, leaves alone every file of a run that has already ended (a restart never
 re-publishes a run), and takes up the conversion jobs left unfinished. SIGTERM stops the
 HTTP API, stops the conversions (a running one is cancelled and stays queued for the next
-start), lets each run finish its batch, and closes the registry.
+start), lets each run finish its batch, and closes the registry. The registry is SQLite:
+every call to it from here runs in a worker thread, never in the event loop.
 """
 
 from __future__ import annotations
@@ -15,20 +16,20 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stemcast.errors import StemcastError
 from stemcast.service.config import ServiceSettings, http_bind_address
-from stemcast.service.discovery import watch
-from stemcast.service.jobs import JobManager
+from stemcast.service.jobs.manager import JobManager
+from stemcast.service.live.discovery import watch
+from stemcast.service.live.follower import RunFollower
+from stemcast.service.live.publisher import Publisher
+from stemcast.service.live.tail import MibSource, NotReady, open_source, stem_of
 from stemcast.service.metrics import Metrics
-from stemcast.service.protocol import Status
-from stemcast.service.publish import Publisher
-from stemcast.service.registry import Registry
-from stemcast.service.run import RunFollower
-from stemcast.service.tail import MibSource, NotReady, open_source, stem_of
+from stemcast.service.state.records import JobStatus, RunStatus
+from stemcast.service.state.registry import Registry
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -55,6 +56,9 @@ class Service:
         The bearer token of the HTTP API's mutating calls; ``None`` turns them off.
     metrics
         The service's Prometheus metrics (served at ``/metrics``).
+    finished
+        The files of the runs that ended before (:meth:`Registry.finished_paths`): never
+        followed again.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class Service:
         jobs: JobManager,
         token: str | None = None,
         metrics: Metrics | None = None,
+        finished: Iterable[str] = (),
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -77,7 +82,7 @@ class Service:
         self.stopping = asyncio.Event()
         self.followers: dict[str, RunFollower] = {}
         self.tasks: set[asyncio.Task[object]] = set()
-        self.seen: set[str] = set(registry.finished_paths())
+        self.seen: set[str] = set(finished)
         self.pending: set[str] = set()
 
     def stop(self) -> None:
@@ -186,9 +191,10 @@ class Service:
         Runs that failed, have no frame, or were cut short by the service stopping (their
         camera may still be writing) are not converted.
         """
-        if follower.status not in (Status.COMPLETE, Status.INTERRUPTED) or not follower.published:
+        ended = (RunStatus.COMPLETE, RunStatus.INTERRUPTED)
+        if follower.status not in ended or not follower.published:
             return
-        if follower.status is Status.INTERRUPTED and self.stopping.is_set():
+        if follower.status is RunStatus.INTERRUPTED and self.stopping.is_set():
             return
         source = follower.source
         targets, options = self.settings.conversion_for(
@@ -259,13 +265,16 @@ async def serve(settings: ServiceSettings, ready: Callable[[Service], None] | No
     if not settings.watch:
         raise StemcastError("no directory to watch: give --watch DIR or set 'watch'")
     token = settings.api_token()
-    registry = Registry(settings.registry_path())
+    registry = await asyncio.to_thread(Registry, settings.registry_path())
     try:
-        for run in registry.abandon_following("the service stopped while following the run"):
+        abandoned = await asyncio.to_thread(
+            registry.abandon_following, "the service stopped while following the run"
+        )
+        for run in abandoned:
             _logger.warning("run %s abandoned: %s", run["id"], run["path"])
         await _serve(settings, registry, token, ready)
     finally:
-        registry.close()
+        await asyncio.to_thread(registry.close)
     _logger.info("stopped")
 
 
@@ -275,10 +284,11 @@ async def _serve(
     token: str | None,
     ready: Callable[[Service], None] | None,
 ) -> None:
+    # Called when /metrics is scraped, which renders in a worker thread.
     metrics = Metrics()
     metrics.bind_runs(registry.count_runs)
     metrics.bind_conversion_jobs(registry.count_jobs)
-    metrics.bind_registry_queue_depth(lambda: registry.count_jobs()["queued"])
+    metrics.bind_registry_queue_depth(lambda: registry.count_jobs()[JobStatus.QUEUED])
     if settings.output is not None:
         metrics.bind_output_root(settings.output)
     async with contextlib.AsyncExitStack() as stack:
@@ -294,7 +304,8 @@ async def _serve(
             metrics=metrics,
         )
         stack.callback(publisher.close, linger_s=settings.shutdown_timeout_s)
-        service = Service(settings, publisher, registry, jobs, token, metrics)
+        finished = await asyncio.to_thread(registry.finished_paths)
+        service = Service(settings, publisher, registry, jobs, token, metrics, finished)
         http = await start_http(service, settings.http) if settings.http is not None else None
         loop = asyncio.get_running_loop()
         for number in (signal.SIGTERM, signal.SIGINT):
@@ -331,7 +342,7 @@ async def start_http(service: Service, address: str) -> web.AppRunner:
     """
     from aiohttp import web
 
-    from stemcast.service.api import make_app
+    from stemcast.service.control.api import make_app
 
     host, port = http_bind_address(address)
     runner = web.AppRunner(make_app(service), shutdown_timeout=service.settings.shutdown_timeout_s)

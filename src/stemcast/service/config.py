@@ -373,7 +373,7 @@ class ServiceSettings(BaseSettings):
 
     def registry_path(self) -> Path:
         """Return the registry file: ``registry``, else the per-user default."""
-        from stemcast.service.registry import default_registry_path
+        from stemcast.service.state.registry import default_registry_path
 
         return self.registry if self.registry is not None else default_registry_path()
 

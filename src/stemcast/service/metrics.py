@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from stemcast import __version__
 from stemcast.errors import ParameterError
+from stemcast.service.state.records import JobStatus
 
 __all__ = ["BATCH_BUCKETS_S", "CONVERSION_BUCKETS_S", "Metrics"]
 
@@ -53,6 +54,9 @@ BATCH_BUCKETS_S = (
 #: Histogram buckets (s) for one conversion job: a small scan takes a second, a large 4D
 #: dataset tens of minutes.
 CONVERSION_BUCKETS_S = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+#: How a conversion job can end: its series exist from the start.
+_JOB_ENDINGS = tuple(status.value for status in JobStatus if status.ended)
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class Metrics:
         detectors: Iterable[str] = ("merlin", "tvips"),
         formats: Iterable[str] = ("emd", "blockfile"),
         channels: Iterable[str] = ("data", "preview"),
-        job_endings: Iterable[str] = ("done", "failed", "cancelled"),
+        job_endings: Iterable[str] = _JOB_ENDINGS,
     ) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry

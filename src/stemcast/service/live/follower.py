@@ -19,12 +19,12 @@ from typing import Any
 from stemcast.batch import FrameBatch
 from stemcast.errors import StemcastError
 from stemcast.service.config import ServiceSettings
+from stemcast.service.live.navigation import NavigationTracker
+from stemcast.service.live.publisher import Publisher, SeriesState
+from stemcast.service.live.tail import FollowedRun, series_fields
 from stemcast.service.metrics import Metrics
-from stemcast.service.navigation import NavigationTracker
-from stemcast.service.protocol import Status
-from stemcast.service.publish import Publisher, SeriesState
-from stemcast.service.registry import Registry
-from stemcast.service.tail import FollowedRun, series_fields
+from stemcast.service.state.records import RunStatus
+from stemcast.service.state.registry import Registry
 
 __all__ = ["RunFollower"]
 
@@ -90,7 +90,7 @@ class RunFollower:
         self.wake = asyncio.Event()
         self.superseded = asyncio.Event()
         self.published = 0
-        self.status: Status | None = None
+        self.status: RunStatus | None = None
         self._ahead: asyncio.Task[FrameBatch] | None = None
         self.state = SeriesState(str(uuid.uuid4()), series_fields(source))
         self.navigation = NavigationTracker(
@@ -122,13 +122,13 @@ class RunFollower:
         shape = list(scan.shape) if all(scan.shape) else None
         return {"nav_shape": shape, "nav_evidence": scan.evidence.value}
 
-    async def run(self) -> Status:
+    async def run(self) -> RunStatus:
         """Follow the run to its end and announce the end.
 
         Returns
         -------
-        Status
-            How the run ended.
+        RunStatus
+            How the run ended: complete, interrupted or failed.
         """
         _logger.info(
             "run %s: following %s (%s, %s frames of %s)",
@@ -140,7 +140,8 @@ class RunFollower:
         )
         if self.registry is not None:
             fields = self.state.fields
-            self.registry.add_run(
+            await asyncio.to_thread(
+                self.registry.add_run,
                 self.state.series,
                 path=self.path,
                 detector=fields["detector"],
@@ -155,7 +156,7 @@ class RunFollower:
         try:
             status, reason = await self._follow()
         except (StemcastError, OSError) as error:
-            status, reason = Status.FAILED, str(error)
+            status, reason = RunStatus.FAILED, str(error)
             _logger.error("run %s failed: %s: %s", self.state.series, self.path, reason)
         finally:
             if self._ahead is not None:
@@ -164,7 +165,7 @@ class RunFollower:
         await self._end(status, reason)
         return status
 
-    async def _follow(self) -> tuple[Status, str]:
+    async def _follow(self) -> tuple[RunStatus, str]:
         settings = self.settings
         expected = self.source.frames_expected
         last_growth = last_rescan = time.monotonic()
@@ -178,24 +179,24 @@ class RunFollower:
                 last_growth = time.monotonic()
                 final_look = False
                 if expected is not None and self.published >= expected:
-                    return Status.COMPLETE, f"all {expected} frames announced by the .hdr"
+                    return RunStatus.COMPLETE, f"all {expected} frames announced by the .hdr"
                 if self.stopping.is_set():
-                    return Status.INTERRUPTED, "the service stopped"
+                    return RunStatus.INTERRUPTED, "the service stopped"
                 continue
             if self.stopping.is_set():
-                return Status.INTERRUPTED, "the service stopped"
+                return RunStatus.INTERRUPTED, "the service stopped"
             now = time.monotonic()
             idle = now - last_growth >= settings.idle_timeout_s
             if final_look and (idle or self.superseded.is_set()):
                 if self.superseded.is_set():
                     if expected is None:
-                        return Status.COMPLETE, "the next run started"
+                        return RunStatus.COMPLETE, "the next run started"
                     return (
-                        Status.INTERRUPTED,
+                        RunStatus.INTERRUPTED,
                         f"the next run started after {self.published} of {expected} frames",
                     )
                 return (
-                    Status.INTERRUPTED,
+                    RunStatus.INTERRUPTED,
                     f"no new frame for {settings.idle_timeout_s:g} s",
                 )
             if idle or self.superseded.is_set():
@@ -271,10 +272,12 @@ class RunFollower:
         self.published = batch.stop
         now = time.monotonic()
         if self.registry is not None and now - self._recorded_at >= _RECORD_INTERVAL_S:
-            self.registry.update_run(self.state.series, frames=self.published)
+            await asyncio.to_thread(
+                self.registry.update_run, self.state.series, frames=self.published
+            )
             self._recorded_at = now
 
-    async def _end(self, status: Status, reason: str) -> None:
+    async def _end(self, status: RunStatus, reason: str) -> None:
         self.status, self.reason = status, reason
         if self.metrics is not None:
             self.metrics.tail_finished(self.state.series)
@@ -290,10 +293,11 @@ class RunFollower:
             "sources": self.source.files,
         }
         if self.registry is not None:
-            self.registry.update_run(
+            await asyncio.to_thread(
+                self.registry.update_run,
                 self.state.series,
                 frames=self.published,
-                status=status.value,
+                status=status,
                 reason=reason,
                 sources=self.source.files,
                 nav_shape=list(filled),

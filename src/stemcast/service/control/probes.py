@@ -4,7 +4,8 @@
 service needs to do its work: every watched folder can be listed, the output root (when
 conversions are configured) takes a new file, both ZeroMQ sockets are bound, and the
 registry answers; it returns 503 with the failed checks otherwise. ``GET /metrics`` is the
-Prometheus scrape endpoint. All three are reads: no token is needed.
+Prometheus scrape endpoint. All three are reads: no token is needed. The readiness checks
+and the scrape touch the file system and the registry, so they run in worker threads.
 """
 
 from __future__ import annotations
@@ -14,19 +15,17 @@ import os
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from stemcast.errors import StemcastError
-
-if TYPE_CHECKING:
-    from stemcast.service.app import Service
+from stemcast.service.control.target import ControlTarget
+from stemcast.service.state.records import JobStatus
 
 __all__ = ["readiness", "routes"]
 
 
-def routes(service: Service) -> list[web.RouteDef]:
+def routes(service: ControlTarget) -> list[web.RouteDef]:
     """Return the routes ``/health``, ``/ready`` and ``/metrics`` of ``service``.
 
     Parameters
@@ -49,13 +48,14 @@ def routes(service: Service) -> list[web.RouteDef]:
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        body, content_type = service.metrics.render(request.headers.get("Accept", ""))
+        accept = request.headers.get("Accept", "")
+        body, content_type = await asyncio.to_thread(service.metrics.render, accept)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     return [web.get("/health", health), web.get("/ready", ready), web.get("/metrics", metrics)]
 
 
-def readiness(service: Service) -> dict[str, dict[str, object]]:
+def readiness(service: ControlTarget) -> dict[str, dict[str, object]]:
     """Check what the service needs to work (blocking: file-system access).
 
     Parameters
@@ -84,7 +84,7 @@ def readiness(service: Service) -> dict[str, dict[str, object]]:
         else "closed",
     }
     try:
-        queued = service.registry.count_jobs()["queued"]
+        queued = service.registry.count_jobs()[JobStatus.QUEUED]
     except (StemcastError, sqlite3.Error) as error:
         checks["registry"] = {"ok": False, "detail": str(error)}
     else:

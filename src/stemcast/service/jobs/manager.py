@@ -12,15 +12,17 @@ instead of a new one, unless that job failed or was cancelled, or it is done but
 outputs has since gone.
 
 Conversions run in a pool of ``convert_workers`` worker processes
-(:mod:`stemcast.service.worker`: a crash fails the job, not the service, and a conversion
+(:mod:`stemcast.service.jobs.worker`: a crash fails the job, not the service, and a conversion
 never holds the lock the run followers need), or, with a ``scheduler``, as one
-dask.distributed task per job.
+dask.distributed task per job. The registry is SQLite: the manager reads and writes it in
+worker threads, never in the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -28,7 +30,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -36,9 +38,10 @@ from typing import Any
 from stemcast.errors import ParameterError, StemcastError
 from stemcast.formats.runs import open_run, run_source
 from stemcast.service.config import ServiceSettings
+from stemcast.service.jobs.worker import JobControl, WorkerDied, convert_in_worker, worker_pool
 from stemcast.service.metrics import Metrics
-from stemcast.service.registry import Registry
-from stemcast.service.worker import JobControl, WorkerDied, convert_in_worker, worker_pool
+from stemcast.service.state.records import JobRecord, JobStatus
+from stemcast.service.state.registry import Registry
 from stemcast.shape import check_navigation_shape
 
 __all__ = ["JobConflict", "JobManager"]
@@ -76,8 +79,13 @@ class JobManager:
         self.metrics = metrics
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
+        # Changed in the event loop only; cancel() (any thread) reads it.
         self._cancel: dict[str, threading.Event] = {}
         self._cancelled: set[str] = set()
+        # Taking a queued job, cancelling one and finding-or-adding a job each read a row and
+        # then write one, in worker threads (cancel() in its caller's): this keeps each
+        # read-then-write whole, as the single-threaded event loop alone no longer does.
+        self._transition = threading.Lock()
         self._progress: dict[str, tuple[int, int | None]] = {}
         self._stopping = False
         self._executor: ProcessPoolExecutor | None = None
@@ -99,9 +107,11 @@ class JobManager:
             self._client = await _connect(self.settings.scheduler)
         else:
             self._executor = worker_pool(self.settings.convert_workers)
-        for job in self.registry.unfinished_jobs():
-            if job["status"] == "running":
-                self.registry.update_job(job["id"], status="queued")
+        for job in await asyncio.to_thread(self.registry.unfinished_jobs):
+            if job["status"] is JobStatus.RUNNING:
+                await asyncio.to_thread(
+                    self.registry.update_job, job["id"], status=JobStatus.QUEUED
+                )
             _logger.info("job %s: resumed (%s)", job["id"], job["source"])
             self._queue.put_nowait(job["id"])
         self._workers = [
@@ -118,7 +128,7 @@ class JobManager:
         run_id: str | None = None,
         navigation_shape: Sequence[int] | None = None,
         relative_to: str | os.PathLike[str] | None = None,
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[JobRecord, bool]:
         """Ask for a conversion; the same conversion asked twice is one job.
 
         Parameters
@@ -175,10 +185,8 @@ class JobManager:
                 "relative_to": mirrored,
             }
         )
-        existing = self.registry.job_by_key(key)
-        if existing is not None and not _outputs_gone(existing):
-            return existing, False
-        job = self.registry.add_job(
+        add = functools.partial(
+            self.registry.add_job,
             uuid.uuid4().hex,
             key=key,
             source=first,
@@ -189,12 +197,29 @@ class JobManager:
             navigation_shape=shape,
             relative_to=mirrored,
         )
+        job, created = await asyncio.to_thread(self._find_or_add, key, add)
+        if not created:
+            return job, False
         _logger.info("job %s: queued %s to %s", job["id"], first, ", ".join(chosen))
         self._queue.put_nowait(job["id"])
         return job, True
 
-    def cancel(self, job_id: str) -> dict[str, Any] | None:
+    def _find_or_add(self, key: str, add: Callable[[], JobRecord]) -> tuple[JobRecord, bool]:
+        """Return the live job with ``key`` and ``False``, or the one ``add`` records and ``True``.
+
+        Blocking (registry): runs in a worker thread.
+        """
+        with self._transition:
+            existing = self.registry.job_by_key(key)
+            if existing is not None and not _outputs_gone(existing):
+                return existing, False
+            return add(), True
+
+    def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a job: a queued one at once, a running one when it next looks.
+
+        Blocking (it reads and writes the registry) and safe to call from any thread: from
+        async code, call it in a worker thread (``asyncio.to_thread``).
 
         Parameters
         ----------
@@ -203,7 +228,7 @@ class JobManager:
 
         Returns
         -------
-        dict or None
+        JobRecord or None
             The job as it is now (``cancelled``, or still ``running`` until the conversion
             stops and removes its temporary files); ``None`` when there is no such job.
 
@@ -212,18 +237,19 @@ class JobManager:
         JobConflict
             When the job has already ended.
         """
-        job = self.registry.job(job_id)
-        if job is None:
-            return None
-        if job["status"] == "queued":
-            _logger.info("job %s: cancelled before it started", job_id)
-            return self.registry.update_job(job_id, status="cancelled")
-        flag = self._cancel.get(job_id)
-        if job["status"] == "running" and flag is not None:
-            _logger.info("job %s: cancel requested", job_id)
-            self._cancelled.add(job_id)
-            flag.set()
-            return job
+        with self._transition:
+            job = self.registry.job(job_id)
+            if job is None:
+                return None
+            if job["status"] is JobStatus.QUEUED:
+                _logger.info("job %s: cancelled before it started", job_id)
+                return self.registry.update_job(job_id, status=JobStatus.CANCELLED)
+            flag = self._cancel.get(job_id)
+            if job["status"] is JobStatus.RUNNING and flag is not None:
+                _logger.info("job %s: cancel requested", job_id)
+                self._cancelled.add(job_id)
+                flag.set()
+                return job
         raise JobConflict(f"job {job_id} has already ended: {job['status']}")
 
     async def stop(self) -> None:
@@ -242,7 +268,7 @@ class JobManager:
                 task.cancel()
             await asyncio.gather(*self._workers, return_exceptions=True)
             for job_id in unstopped:
-                self.registry.update_job(job_id, status="queued")
+                await asyncio.to_thread(self.registry.update_job, job_id, status=JobStatus.QUEUED)
                 _logger.warning("job %s: did not stop in time; queued for the next start", job_id)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -254,16 +280,29 @@ class JobManager:
             job_id = await self._queue.get()
             if job_id is None or self._stopping:
                 return
-            job = self.registry.job(job_id)
-            if job is not None and job["status"] == "queued":
-                await self._run(job)
+            flag = self._cancel[job_id] = threading.Event()
+            job = await asyncio.to_thread(self._take, job_id)
+            if job is None:
+                del self._cancel[job_id]
+            else:
+                await self._run(job, flag)
 
-    async def _run(self, job: dict[str, Any]) -> None:
+    def _take(self, job_id: str) -> JobRecord | None:
+        """Mark a queued job ``running``; ``None`` if it is no longer queued (cancelled).
+
+        Blocking (registry): runs in a worker thread.
+        """
+        with self._transition:
+            job = self.registry.job(job_id)
+            if job is None or job["status"] is not JobStatus.QUEUED:
+                return None
+            return self.registry.update_job(job_id, status=JobStatus.RUNNING, frames_done=0)
+
+    async def _run(self, job: JobRecord, flag: threading.Event) -> None:
         from stemcast.convert.run import Cancelled
 
         job_id = job["id"]
-        flag = self._cancel[job_id] = threading.Event()
-        self.registry.update_job(job_id, status="running", frames_done=0)
+        update = self.registry.update_job
         _logger.info("job %s: converting %s", job_id, job["source"])
         began = time.monotonic()
         outputs: dict[str, str] = {}
@@ -275,22 +314,24 @@ class JobManager:
         except Cancelled:
             # Stopped by the service stopping, not by a request: it resumes at the next start.
             resumed = self._stopping and job_id not in self._cancelled
-            job = self.registry.update_job(job_id, status="queued" if resumed else "cancelled")
+            status = JobStatus.QUEUED if resumed else JobStatus.CANCELLED
+            job = await asyncio.to_thread(update, job_id, status=status)
             _logger.info("job %s: %s", job_id, "stopped" if resumed else "cancelled")
         except (StemcastError, OSError) as error:
-            job = self.registry.update_job(job_id, status="failed", error=str(error))
+            job = await asyncio.to_thread(update, job_id, status=JobStatus.FAILED, error=str(error))
             _logger.error("job %s failed: %s", job_id, error)
         except Exception as error:
             # An unexpected error fails the job, never the service.
             _logger.exception("job %s failed", job_id)
-            job = self.registry.update_job(
-                job_id, status="failed", error=f"{type(error).__name__}: {error}"
+            job = await asyncio.to_thread(
+                update, job_id, status=JobStatus.FAILED, error=f"{type(error).__name__}: {error}"
             )
         else:
             outputs = result["outputs"]
-            job = self.registry.update_job(
+            job = await asyncio.to_thread(
+                update,
                 job_id,
-                status="done",
+                status=JobStatus.DONE,
                 frames_done=result["frames"],
                 frames_total=result["frames"],
                 outputs=result["outputs"],
@@ -303,9 +344,9 @@ class JobManager:
             self._progress.pop(job_id, None)
         self._count(job, time.monotonic() - began, outputs)
 
-    def _count(self, job: dict[str, Any], seconds: float, outputs: Mapping[str, str]) -> None:
+    def _count(self, job: JobRecord, seconds: float, outputs: Mapping[str, str]) -> None:
         """Count a job that ended (not one stopped to resume) once per output format."""
-        if self.metrics is None or job["status"] not in ("done", "failed", "cancelled"):
+        if self.metrics is None or not job["status"].ended:
             return
         for target in job["targets"]:
             try:
@@ -314,7 +355,7 @@ class JobManager:
                 written = 0
             self.metrics.conversion_finished(target, job["status"], seconds, written)
 
-    async def _convert_here(self, job: dict[str, Any], flag: threading.Event) -> dict[str, Any]:
+    async def _convert_here(self, job: JobRecord, flag: threading.Event) -> dict[str, Any]:
         from stemcast.convert.run import Cancelled
 
         assert self._executor is not None
@@ -336,7 +377,7 @@ class JobManager:
                 finished, _ = await asyncio.wait({running}, timeout=_PROGRESS_INTERVAL_S)
                 if flag.is_set():
                     control.cancel()
-                self._record_progress(job["id"], *control.progress())
+                await self._record_progress(job["id"], *control.progress())
                 if finished:
                     return running.result()
         except BrokenProcessPool:
@@ -353,9 +394,7 @@ class JobManager:
         finally:
             control.close()
 
-    async def _convert_on_cluster(
-        self, job: dict[str, Any], flag: threading.Event
-    ) -> dict[str, Any]:
+    async def _convert_on_cluster(self, job: JobRecord, flag: threading.Event) -> dict[str, Any]:
         from stemcast.convert.run import convert_on_worker
 
         job_id = job["id"]
@@ -383,7 +422,7 @@ class JobManager:
                     cancel_sent = True
                 with contextlib.suppress(TimeoutError):
                     state = await progress.get(timeout=0)
-                    self._record_progress(job_id, state["frames_done"], state["frames_total"])
+                    await self._record_progress(job_id, state["frames_done"], state["frames_total"])
                 if finished:
                     return waiting.result()
         finally:
@@ -393,10 +432,12 @@ class JobManager:
             except Exception as error:  # the scheduler may be gone; the job's result stands
                 _logger.warning("job %s: could not delete its progress variable: %s", job_id, error)
 
-    def _record_progress(self, job_id: str, done: int, total: int | None) -> None:
+    async def _record_progress(self, job_id: str, done: int, total: int | None) -> None:
         if self._progress.get(job_id) != (done, total):
             self._progress[job_id] = (done, total)
-            self.registry.update_job(job_id, frames_done=done, frames_total=total)
+            await asyncio.to_thread(
+                self.registry.update_job, job_id, frames_done=done, frames_total=total
+            )
 
 
 def _distributed() -> Any:
@@ -442,8 +483,8 @@ def _shape_tuple(shape: list[int] | None) -> tuple[int, int] | None:
     return None if shape is None else (shape[0], shape[1])
 
 
-def _outputs_gone(job: dict[str, Any]) -> bool:
+def _outputs_gone(job: JobRecord) -> bool:
     """Whether a done job's outputs are no longer all there (so it must run again)."""
-    if job["status"] != "done":
+    if job["status"] is not JobStatus.DONE:
         return False
     return not all(os.path.exists(path) for path in job["outputs"].values())

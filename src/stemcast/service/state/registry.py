@@ -7,8 +7,10 @@ committed row survives the process being killed at any moment (only a power cut 
 last transactions, never corrupt the file). The schema version is kept in ``PRAGMA
 user_version``.
 
-One connection serves the whole process. Its methods are called from the event loop and from
-worker threads, so each takes a lock; every call is one short transaction.
+The API is synchronous and blocking, for the command line and tests; the service's async code
+calls it in worker threads (``asyncio.to_thread``), never in the event loop. One connection
+serves the whole process, from whichever thread calls, so each method takes a lock; every call
+is one short transaction.
 """
 
 from __future__ import annotations
@@ -22,24 +24,27 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from stemcast.errors import FormatError, ParameterError, StemcastError, UnsupportedError
+from stemcast.service.state.records import JobRecord, JobStatus, RunRecord, RunStatus
 
 __all__ = ["JOB_STATES", "RUN_STATES", "Registry", "default_registry_path"]
 
-#: States of a run; ``abandoned``: the service stopped (crashed, was killed) while following it.
-RUN_STATES = ("following", "complete", "interrupted", "failed", "abandoned")
-#: States of a conversion job.
-JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+#: The values of :class:`RunStatus`, in order.
+RUN_STATES = tuple(status.value for status in RunStatus)
+#: The values of :class:`JobStatus`, in order.
+JOB_STATES = tuple(status.value for status in JobStatus)
 
-_RUN_ENDED = frozenset(RUN_STATES) - {"following"}
+_RUN_ENDED = frozenset(status for status in RunStatus if status.ended)
 #: Runs whose files the service never follows again.
-_RUN_FINISHED = ("complete", "interrupted", "failed")
-_JOB_ENDED = frozenset(("done", "failed", "cancelled"))
+_RUN_FINISHED = (RunStatus.COMPLETE, RunStatus.INTERRUPTED, RunStatus.FAILED)
+_JOB_ENDED = frozenset(status for status in JobStatus if status.ended)
 #: Jobs that block a new request with the same key.
-_JOB_LIVE = ("queued", "running", "done")
-_JOB_UNFINISHED = ("queued", "running")
+_JOB_LIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE)
+_JOB_UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+_Status = TypeVar("_Status", RunStatus, JobStatus)
 
 _SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_MS = 5000
@@ -115,10 +120,12 @@ def default_registry_path() -> Path:
 class Registry:
     """The runs the service followed and the conversion jobs it was given, in SQLite.
 
-    Rows come back as plain JSON-serialisable dicts: the ``id``, every recorded field (lists
-    and dicts decoded), and the times ``created_at``, ``started_at`` and ``ended_at`` as ISO
-    8601 UTC strings ending in ``Z`` (``None`` until they happen); jobs also carry
-    ``duration_s``, the seconds from start (or creation, if never started) to end, once ended.
+    Rows come back as plain JSON-serialisable dicts (:class:`RunRecord`, :class:`JobRecord`,
+    whose ``status`` is a :class:`RunStatus` or :class:`JobStatus`): the ``id``, every
+    recorded field (lists and dicts decoded), and the times ``created_at``, ``started_at`` and
+    ``ended_at`` as ISO 8601 UTC strings ending in ``Z`` (``None`` until they happen); jobs also
+    carry ``duration_s``, the seconds from start (or creation, if never started) to end, once
+    ended.
 
     Parameters
     ----------
@@ -140,7 +147,11 @@ class Registry:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Autocommit mode: transactions are begun explicitly (see _transaction).
+            # Autocommit mode: transactions are begun explicitly (see _transaction). The
+            # connection is used from any thread (check_same_thread=False), one call at a time
+            # (self._lock). A connection per thread would leave connections open in the
+            # executor's threads that close() cannot reach, and would gain nothing: SQLite
+            # writes one transaction at a time anyway, and every call here is short.
             self._connection = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False
             )
@@ -267,7 +278,7 @@ class Registry:
             "dtype": dtype,
             "frames_expected": _count(frames_expected, "frames_expected"),
             "watch_root": watch_root,
-            "status": "following",
+            "status": RunStatus.FOLLOWING,
             "created_at": now,
             "started_at": now,
         }
@@ -299,7 +310,7 @@ class Registry:
         frames
             Frames published so far.
         status
-            One of :data:`RUN_STATES`.
+            A :class:`RunStatus` (or its value).
         reason
             Why the run ended as it did.
         sources
@@ -322,7 +333,7 @@ class Registry:
         """
         changes: dict[str, Any] = {
             "frames": _count(frames, "frames"),
-            "status": _state(status, RUN_STATES, "status"),
+            "status": _state(status, RunStatus, "status"),
             "reason": reason,
             "sources": _encode(sources, "sources"),
             "nav_shape": _encode(nav_shape, "nav_shape"),
@@ -333,19 +344,19 @@ class Registry:
         with self._lock, self._transaction() as connection:
             _update(connection, "runs", run_id, changes, _RUN_ENDED, start_state=None)
 
-    def run(self, run_id: str) -> dict[str, Any] | None:
+    def run(self, run_id: str) -> RunRecord | None:
         """Return the run with ``run_id``, or ``None`` if there is none."""
         with self._lock:
             row = self._connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         return None if row is None else _run_dict(row)
 
-    def runs(self, *, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def runs(self, *, status: str | None = None, limit: int | None = None) -> list[RunRecord]:
         """Return recorded runs, newest first.
 
         Parameters
         ----------
         status
-            Only runs in this state (one of :data:`RUN_STATES`); all when ``None``.
+            Only runs in this state (a :class:`RunStatus` or its value); all when ``None``.
         limit
             At most this many runs; all when ``None``.
 
@@ -354,7 +365,7 @@ class Registry:
         ParameterError
             When ``status`` is not a run state or ``limit`` is negative.
         """
-        rows = self._select("runs", {"status": _state(status, RUN_STATES, "status")}, limit)
+        rows = self._select("runs", {"status": _state(status, RunStatus, "status")}, limit)
         return [_run_dict(row) for row in rows]
 
     def finished_paths(self) -> set[str]:
@@ -373,7 +384,7 @@ class Registry:
             paths.update(json.loads(row["sources"]))
         return paths
 
-    def abandon_following(self, reason: str) -> list[dict[str, Any]]:
+    def abandon_following(self, reason: str) -> list[RunRecord]:
         """Mark the runs still ``following`` as ``abandoned``, for a service starting up.
 
         A run is still ``following`` at start-up only when the previous process died while
@@ -393,7 +404,7 @@ class Registry:
             ids = [
                 row["id"]
                 for row in connection.execute(
-                    "SELECT id FROM runs WHERE status = 'following' ORDER BY seq"
+                    "SELECT id FROM runs WHERE status = ? ORDER BY seq", (RunStatus.FOLLOWING,)
                 )
             ]
             for run_id in ids:
@@ -401,7 +412,7 @@ class Registry:
                     connection,
                     "runs",
                     run_id,
-                    {"status": "abandoned", "reason": reason},
+                    {"status": RunStatus.ABANDONED, "reason": reason},
                     _RUN_ENDED,
                     start_state=None,
                 )
@@ -413,7 +424,7 @@ class Registry:
 
     def count_runs(self) -> dict[str, int]:
         """Return the number of runs in each state (every state present, 0 if none)."""
-        return self._count("runs", RUN_STATES)
+        return self._count("runs", RunStatus)
 
     # conversion jobs
 
@@ -429,7 +440,7 @@ class Registry:
         output_dir: str,
         navigation_shape: list[int] | None,
         relative_to: str | None,
-    ) -> dict[str, Any]:
+    ) -> JobRecord:
         """Record a conversion job (status ``queued``).
 
         Parameters
@@ -455,7 +466,7 @@ class Registry:
 
         Returns
         -------
-        dict
+        JobRecord
             The job as recorded.
 
         Raises
@@ -473,20 +484,20 @@ class Registry:
             "output_dir": output_dir,
             "navigation_shape": _encode(navigation_shape, "navigation_shape"),
             "relative_to": relative_to,
-            "status": "queued",
+            "status": JobStatus.QUEUED,
             "created_at": _now(),
         }
         with self._lock, self._transaction() as connection:
             _insert(connection, "jobs", row, parameter="job_id")
             return _job_dict(_fetch(connection, "jobs", job_id))
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
+    def job(self, job_id: str) -> JobRecord | None:
         """Return the job with ``job_id``, or ``None`` if there is none."""
         with self._lock:
             row = self._connection.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _job_dict(row)
 
-    def job_by_key(self, key: str) -> dict[str, Any] | None:
+    def job_by_key(self, key: str) -> JobRecord | None:
         """Return the newest job with ``key`` that is queued, running or done.
 
         A failed or cancelled job does not count: its conversion may be requested again.
@@ -501,13 +512,13 @@ class Registry:
 
     def jobs(
         self, *, status: str | None = None, run_id: str | None = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobRecord]:
         """Return recorded jobs, newest first.
 
         Parameters
         ----------
         status
-            Only jobs in this state (one of :data:`JOB_STATES`); all when ``None``.
+            Only jobs in this state (a :class:`JobStatus` or its value); all when ``None``.
         run_id
             Only jobs of this run; all when ``None``.
         limit
@@ -518,7 +529,7 @@ class Registry:
         ParameterError
             When ``status`` is not a job state or ``limit`` is negative.
         """
-        where = {"status": _state(status, JOB_STATES, "status"), "run_id": run_id}
+        where = {"status": _state(status, JobStatus, "status"), "run_id": run_id}
         return [_job_dict(row) for row in self._select("jobs", where, limit)]
 
     def update_job(
@@ -531,7 +542,7 @@ class Registry:
         outputs: dict[str, str] | None = None,
         bytes_written: int | None = None,
         error: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> JobRecord:
         """Change the given fields of a job; the others keep their values.
 
         ``started_at`` is set when the status changes to ``running``, ``ended_at`` when it
@@ -543,7 +554,7 @@ class Registry:
         job_id
             The job.
         status
-            One of :data:`JOB_STATES`.
+            A :class:`JobStatus` (or its value).
         frames_done
             Frames converted so far.
         frames_total
@@ -557,7 +568,7 @@ class Registry:
 
         Returns
         -------
-        dict
+        JobRecord
             The job as it is now.
 
         Raises
@@ -568,7 +579,7 @@ class Registry:
             When ``status`` is not a job state or a count is negative.
         """
         changes: dict[str, Any] = {
-            "status": _state(status, JOB_STATES, "status"),
+            "status": _state(status, JobStatus, "status"),
             "frames_done": _count(frames_done, "frames_done"),
             "frames_total": _count(frames_total, "frames_total"),
             "outputs": _encode(outputs, "outputs"),
@@ -576,10 +587,10 @@ class Registry:
             "error": error,
         }
         with self._lock, self._transaction() as connection:
-            _update(connection, "jobs", job_id, changes, _JOB_ENDED, start_state="running")
+            _update(connection, "jobs", job_id, changes, _JOB_ENDED, start_state=JobStatus.RUNNING)
             return _job_dict(_fetch(connection, "jobs", job_id))
 
-    def unfinished_jobs(self) -> list[dict[str, Any]]:
+    def unfinished_jobs(self) -> list[JobRecord]:
         """Return the queued and running jobs, oldest first.
 
         At start-up a ``running`` job was interrupted by the previous process stopping; the
@@ -593,7 +604,7 @@ class Registry:
 
     def count_jobs(self) -> dict[str, int]:
         """Return the number of jobs in each state (every state present, 0 if none)."""
-        return self._count("jobs", JOB_STATES)
+        return self._count("jobs", JobStatus)
 
     # shared queries
 
@@ -610,12 +621,12 @@ class Registry:
         with self._lock:
             return self._connection.execute(query, parameters).fetchall()
 
-    def _count(self, table: str, states: tuple[str, ...]) -> dict[str, int]:
+    def _count(self, table: str, states: type[RunStatus | JobStatus]) -> dict[str, int]:
         with self._lock:
             rows = self._connection.execute(
                 f"SELECT status, COUNT(*) AS n FROM {table} GROUP BY status"
             ).fetchall()
-        counts = dict.fromkeys(states, 0)
+        counts = dict.fromkeys((state.value for state in states), 0)
         counts.update({row["status"]: row["n"] for row in rows})
         return counts
 
@@ -638,9 +649,9 @@ def _update(
     table: str,
     row_id: str,
     changes: dict[str, Any],
-    ended_states: frozenset[str],
+    ended_states: frozenset[RunStatus] | frozenset[JobStatus],
     *,
-    start_state: str | None,
+    start_state: JobStatus | None,
 ) -> None:
     current = connection.execute(f"SELECT status FROM {table} WHERE id = ?", (row_id,)).fetchone()
     if current is None:
@@ -665,17 +676,20 @@ def _fetch(connection: sqlite3.Connection, table: str, row_id: str) -> sqlite3.R
     return row
 
 
-def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
-    return _decode_row(row, _RUN_JSON)
+def _run_dict(row: sqlite3.Row) -> RunRecord:
+    run = _decode_row(row, _RUN_JSON)
+    run["status"] = RunStatus(run["status"])
+    return cast(RunRecord, run)
 
 
-def _job_dict(row: sqlite3.Row) -> dict[str, Any]:
+def _job_dict(row: sqlite3.Row) -> JobRecord:
     job = _decode_row(row, _JOB_JSON)
+    job["status"] = JobStatus(job["status"])
     job["duration_s"] = None
     if job["ended_at"] is not None:
         began = datetime.fromisoformat(job["started_at"] or job["created_at"])
         job["duration_s"] = (datetime.fromisoformat(job["ended_at"]) - began).total_seconds()
-    return job
+    return cast(JobRecord, job)
 
 
 def _decode_row(row: sqlite3.Row, json_columns: frozenset[str]) -> dict[str, Any]:
@@ -700,12 +714,15 @@ def _encode(value: Any, parameter: str) -> str | None:
         raise ParameterError(f"cannot be stored as JSON: {error}", parameter=parameter) from error
 
 
-def _state(status: str | None, states: tuple[str, ...], parameter: str) -> str | None:
-    if status is not None and status not in states:
+def _state(status: str | None, states: type[_Status], parameter: str) -> _Status | None:
+    if status is None:
+        return None
+    try:
+        return states(status)
+    except ValueError:
         raise ParameterError(
             f"unknown state {status!r}; expected one of {', '.join(states)}", parameter=parameter
-        )
-    return status
+        ) from None
 
 
 def _count(value: int | None, parameter: str) -> int | None:

@@ -26,7 +26,7 @@ from stemcast.formats.mib.spec import PREFIX_SIZE, parse_header_size, timestamps
 from stemcast.formats.runs import run_kind
 from stemcast.formats.tvips.run import TvipsSeries, part_path, series_base
 from stemcast.formats.tvips.spec import MAIN_HEADER_SIZE
-from stemcast.service.protocol import wire_dtype
+from stemcast.protocol import wire_dtype
 from stemcast.source import Source
 
 __all__ = ["FollowedRun", "MibSource", "NotReady", "TvipsSource", "open_source"]

@@ -5,6 +5,7 @@ kind and version. A frame message has a second part: the frame's pixels, C order
 byte order its ``dtype`` spells out (little-endian: the native order of the machines the
 cameras feed). Every frame header repeats what is needed to use the frame alone (shape,
 dtype, series, scan shape when known), so a subscriber that joins late can still draw it.
+The ``status`` of a ``series_end`` header is ``complete``, ``interrupted`` or ``failed``.
 
 Two counters let a subscriber count losses: ``sequence`` numbers every frame the service
 publishes, over all series, and is the same on both channels; ``message`` numbers the
@@ -14,7 +15,6 @@ dropped, while a gap in ``sequence`` alone is a frame the rate limit skipped.
 
 from __future__ import annotations
 
-import enum
 import json
 from typing import Any
 
@@ -24,7 +24,6 @@ __all__ = [
     "FRAME",
     "SERIES",
     "SERIES_END",
-    "Status",
     "decode_header",
     "encode_header",
     "wire_dtype",
@@ -34,14 +33,6 @@ SERIES = "stemcast-series-1.0"
 FRAME = "stemcast-frame-1.0"
 SERIES_END = "stemcast-series_end-1.0"
 HTYPES = (SERIES, FRAME, SERIES_END)
-
-
-class Status(enum.StrEnum):
-    """How a series ended."""
-
-    COMPLETE = "complete"
-    INTERRUPTED = "interrupted"
-    FAILED = "failed"
 
 
 def wire_dtype(dtype: np.dtype[Any]) -> str:

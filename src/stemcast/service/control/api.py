@@ -10,11 +10,13 @@ Paths given to ``POST /convert`` are resolved (``os.path.realpath``: symbolic li
 and must lie in a watched folder or one of the ``input_roots``; ``..`` is refused outright.
 
 :func:`make_app` returns a plain :class:`aiohttp.web.Application` that keeps the service
-under :data:`SERVICE`, so other endpoints can be added to it with ``app.router``.
+under :data:`SERVICE`, so other endpoints can be added to it with ``app.router``. The
+registry is SQLite: the handlers read and write it in worker threads, never in the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -26,16 +28,17 @@ from typing import Any
 from aiohttp import web
 
 from stemcast.errors import StemcastError
-from stemcast.service import probes
-from stemcast.service.app import Service
-from stemcast.service.jobs import JobConflict
+from stemcast.service.control import probes
+from stemcast.service.control.target import ControlTarget
+from stemcast.service.jobs.manager import JobConflict
+from stemcast.service.state.records import JobRecord, JobStatus, RunRecord, RunStatus
 
 __all__ = ["SERVICE", "ApiError", "make_app"]
 
 _logger = logging.getLogger(__name__)
 
 #: The service an application controls: ``request.app[SERVICE]``.
-SERVICE = web.AppKey("service", Service)
+SERVICE = web.AppKey("service", ControlTarget)
 
 _READING = frozenset(("GET", "HEAD", "OPTIONS"))
 _DETECTORS = {".mib": "merlin", ".tvips": "tvips"}
@@ -62,7 +65,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def make_app(service: Service) -> web.Application:
+def make_app(service: ControlTarget) -> web.Application:
     """Build the API application of ``service``.
 
     Parameters
@@ -139,26 +142,27 @@ async def _authorize(request: web.Request, handler: _Handler) -> web.StreamRespo
 async def list_runs(request: web.Request) -> web.Response:
     """``GET /runs[?status=S&limit=N]``: recorded runs, newest first."""
     registry = request.app[SERVICE].registry
-    runs = registry.runs(status=request.query.get("status"), limit=_limit(request))
+    status, limit = request.query.get("status"), _limit(request)
+    runs = await asyncio.to_thread(registry.runs, status=status, limit=limit)
     return web.json_response({"runs": runs})
 
 
 async def show_run(request: web.Request) -> web.Response:
     """``GET /runs/{id}``: one run, with its conversion jobs."""
     service = request.app[SERVICE]
-    run = _run(service, request.match_info["run_id"])
-    jobs = service.registry.jobs(run_id=run["id"])
+    run = await _run(service, request.match_info["run_id"])
+    jobs = await asyncio.to_thread(service.registry.jobs, run_id=run["id"])
     return web.json_response({**run, "jobs": [job_view(job) for job in jobs]})
 
 
 async def convert_run(request: web.Request) -> web.Response:
     """``POST /runs/{id}/convert``: convert a run that has ended."""
     service = request.app[SERVICE]
-    run = _run(service, request.match_info["run_id"])
+    run = await _run(service, request.match_info["run_id"])
     body = await _body(request, {"targets", "options", "navigation_shape"})
-    if run["status"] == "following":
+    if run["status"] is RunStatus.FOLLOWING:
         raise ApiError(409, f"run {run['id']} is still being followed: convert it once it ends")
-    if run["status"] not in ("complete", "interrupted"):
+    if run["status"] not in (RunStatus.COMPLETE, RunStatus.INTERRUPTED):
         raise ApiError(
             409,
             f"run {run['id']} is {run['status']} ({run['reason']}); "
@@ -201,7 +205,8 @@ async def convert_path(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     """``GET /jobs[?status=S&run_id=ID&limit=N]``: conversion jobs, newest first."""
     registry = request.app[SERVICE].registry
-    jobs = registry.jobs(
+    jobs = await asyncio.to_thread(
+        registry.jobs,
         status=request.query.get("status"),
         run_id=request.query.get("run_id"),
         limit=_limit(request),
@@ -212,7 +217,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def show_job(request: web.Request) -> web.Response:
     """``GET /jobs/{id}``: one job, its state and progress."""
     job_id = request.match_info["job_id"]
-    job = request.app[SERVICE].registry.job(job_id)
+    job = await asyncio.to_thread(request.app[SERVICE].registry.job, job_id)
     if job is None:
         raise ApiError(404, f"no job {job_id}")
     return web.json_response(job_view(job))
@@ -221,16 +226,16 @@ async def show_job(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     """``DELETE /jobs/{id}``: cancel a queued (200) or running (202) job."""
     job_id = request.match_info["job_id"]
-    job = request.app[SERVICE].jobs.cancel(job_id)
+    job = await asyncio.to_thread(request.app[SERVICE].jobs.cancel, job_id)
     if job is None:
         raise ApiError(404, f"no job {job_id}")
-    cancelled = job["status"] == "cancelled"
+    cancelled = job["status"] is JobStatus.CANCELLED
     return web.json_response(
         {**job_view(job), "cancel_requested": True}, status=200 if cancelled else 202
     )
 
 
-def job_view(job: dict[str, Any]) -> dict[str, Any]:
+def job_view(job: JobRecord) -> dict[str, Any]:
     """Return a job as the API shows it: the registry row with a ``progress`` object.
 
     Parameters
@@ -245,7 +250,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
         moved under ``progress`` with the ``fraction`` done (0 to 1, ``None`` while the
         number of frames is unknown).
     """
-    view = {name: value for name, value in job.items() if name != "key"}
+    view: dict[str, Any] = {name: value for name, value in job.items() if name != "key"}
     done, total = view.pop("frames_done"), view.pop("frames_total")
     fraction = None if not total else round(min(done / total, 1.0), 4)
     view["progress"] = {"frames_done": done, "frames_total": total, "fraction": fraction}
@@ -253,7 +258,7 @@ def job_view(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _request(
-    service: Service,
+    service: ControlTarget,
     path: str,
     detector: str,
     body: dict[str, Any],
@@ -298,8 +303,8 @@ async def _request(
     )
 
 
-def _run(service: Service, run_id: str) -> dict[str, Any]:
-    run = service.registry.run(run_id)
+async def _run(service: ControlTarget, run_id: str) -> RunRecord:
+    run = await asyncio.to_thread(service.registry.run, run_id)
     if run is None:
         raise ApiError(404, f"no run {run_id}")
     return run

@@ -29,8 +29,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from stemcast.batch import FrameBatch
+from stemcast.protocol import FRAME, SERIES, SERIES_END, encode_header
 from stemcast.service.metrics import Metrics
-from stemcast.service.protocol import FRAME, SERIES, SERIES_END, encode_header
 
 __all__ = ["Publisher", "PublisherClosed", "SeriesState"]
 

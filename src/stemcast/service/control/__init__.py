@@ -1,0 +1,1 @@
+"""The HTTP control server: the API, health and readiness probes, metrics."""

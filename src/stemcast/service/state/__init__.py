@@ -1,0 +1,1 @@
+"""What the service records: the SQLite registry of runs and jobs, and their states."""
