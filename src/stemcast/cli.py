@@ -300,11 +300,17 @@ def _simulate(args: argparse.Namespace) -> int:
 def _subscribe(args: argparse.Namespace) -> int:
     import time
 
-    from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber
+    from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber, SubscriptionError
 
     ended = 0
     window_start, window_frames = time.monotonic(), 0
-    with Subscriber(args.endpoint, preview=args.preview, timeout_s=args.timeout) as subscriber:
+    start = args.start
+    if args.resume is not None:
+        series, _, frame = args.resume.rpartition(":")
+        start = (series, int(frame))
+    with Subscriber(
+        args.endpoint, start=start, preview=args.preview, timeout_s=args.timeout
+    ) as subscriber:
         try:
             for event in subscriber:
                 if isinstance(event, Frame):
@@ -337,9 +343,13 @@ def _subscribe(args: argparse.Namespace) -> int:
                     ended += 1
                     if args.series and ended >= args.series:
                         break
-        except TimeoutError as error:
+        except (TimeoutError, SubscriptionError) as error:
             print(f"stemcast subscribe: {error}", file=sys.stderr)
             return 1
+        finally:
+            if subscriber.position is not None:
+                series, frame = subscriber.position
+                print(f"position {series}:{frame} (--resume it to go on from here)", flush=True)
     if subscriber.dropped:
         print(f"{subscriber.dropped} messages dropped by the preview channel")
     return 0
@@ -750,6 +760,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--preview", action="store_true", help="the endpoint is a preview (PUB) channel"
     )
     subscribe.add_argument("--series", type=int, metavar="N", help="exit after N series have ended")
+    subscribe.add_argument(
+        "--from",
+        dest="start",
+        choices=("live", "run"),
+        default="live",
+        help="data channel: start at the next frame (live) or at the start of the runs being "
+        "followed (run); no other subscriber loses a frame either way",
+    )
+    subscribe.add_argument(
+        "--resume",
+        metavar="SERIES:FRAME",
+        help="data channel: go on from a position printed by an earlier subscribe",
+    )
     subscribe.add_argument(
         "--timeout", type=float, metavar="S", help="exit if nothing arrives for S seconds"
     )

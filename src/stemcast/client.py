@@ -6,13 +6,18 @@
 ...         if isinstance(event, Frame):
 ...             print(event.index, event.data.shape, event.nav_position)
 
-The data channel (PUSH) gives every frame to one consumer: connect one subscriber (several
-share the frames between them). The preview channel (PUB, ``preview=True``) gives a sample of
-the frames to any number of viewers.
+The data channel gives every frame to every subscriber, each at its own pace and from where
+it chooses: the next frame (``start="live"``), the start of the runs being followed
+(``start="run"``), or a position it saw last (``start=subscriber.position``), after which it
+goes on with no gap and no duplicate, across reconnections and restarts of the service. The
+preview channel (PUB, ``preview=True``) gives a sample of the frames to any number of viewers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,9 +27,28 @@ import numpy as np
 import numpy.typing as npt
 import zmq
 
-from stemcast.protocol import FRAME, SERIES, SERIES_END, decode_header
+from stemcast.protocol import (
+    CREDIT,
+    ERROR,
+    FRAME,
+    SERIES,
+    SERIES_END,
+    SUBSCRIBE,
+    decode_header,
+    encode_header,
+)
 
-__all__ = ["Event", "Frame", "SeriesEnd", "SeriesStart", "Subscriber"]
+__all__ = ["Event", "Frame", "SeriesEnd", "SeriesStart", "Start", "Subscriber", "SubscriptionError"]
+
+#: Where a data subscriber starts: ``"live"``, ``"run"`` or a position ``(series, next)``.
+Start = str | tuple[str, int]
+
+#: Seconds between two "still here" messages of a subscriber that receives nothing.
+_HEARTBEAT_S = 1.0
+
+
+class SubscriptionError(Exception):
+    """The service refused the subscription (e.g. a position in a series it does not know)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,39 +114,75 @@ class Subscriber:
     ----------
     endpoint
         The service's data or preview endpoint, e.g. ``tcp://127.0.0.1:5555``.
+    start
+        Data channel only: ``"live"`` (from the next frame of the newest run being followed,
+        or from the next run), ``"run"`` (from the first frame of the oldest run being
+        followed), or a position ``(series, next)`` as :attr:`position` gave it.
     preview
-        Connect to a preview channel (SUB) instead of the data channel (PULL).
+        Connect to a preview channel (SUB) instead of the data channel.
     timeout_s
         Give up waiting for a message after this long (:class:`TimeoutError`); ``None``
         waits for ever.
+    credit
+        Data channel: most messages the service sends ahead of what was consumed.
     hwm
-        Receive high-water mark in messages.
+        Preview channel: receive high-water mark in messages.
 
     Attributes
     ----------
     dropped
-        Messages the publisher's channel dropped before they reached this subscriber,
-        counted from gaps in the channel's message numbers (only the preview channel drops).
+        Preview channel: messages the service dropped before they reached this subscriber,
+        counted from gaps in the channel's message numbers.
+    lost
+        Data channel: frames the service announced but could no longer read from the run's
+        files (deleted or damaged before this subscriber got to them).
+    position
+        Data channel: ``(series, next)`` to give as ``start`` to go on from here, or ``None``
+        before the first series. ``next`` counts the frames of the series, then its end: after
+        the ``SeriesEnd`` of a series of ``n`` frames it is ``n + 1``.
     """
 
     def __init__(
         self,
         endpoint: str,
         *,
+        start: Start = "live",
         preview: bool = False,
         timeout_s: float | None = None,
+        credit: int = 64,
         hwm: int = 1000,
     ) -> None:
         self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.SUB if preview else zmq.PULL)
-        self.socket.rcvhwm = hwm
+        self.preview = preview
+        self.socket = self.context.socket(zmq.SUB if preview else zmq.DEALER)
         self.socket.linger = 0
-        if preview:
-            self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self.socket.connect(endpoint)
         self.timeout_ms = None if timeout_s is None else round(timeout_s * 1000)
         self.dropped = 0
+        self.lost = 0
+        self.position: tuple[str, int] | None = None
+        self._announced: str | None = None
         self._next_message: int | None = None
+        self._credit = max(1, credit)
+        self._consumed = 0
+        self._spoke = time.monotonic()
+        if preview:
+            self.socket.rcvhwm = hwm
+            self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+            self.socket.connect(endpoint)
+            return
+        self.socket.rcvhwm = 2 * self._credit + 16
+        # A routing id of its own, so the service recognises this subscriber on a new
+        # connection (a service restart) by the position it sends.
+        self.socket.routing_id = os.urandom(16)
+        self.socket.connect(endpoint)
+        if isinstance(start, tuple):
+            self.position = (str(start[0]), int(start[1]))
+            wire: Any = [self.position[0], self.position[1]]
+        elif start in ("live", "run"):
+            wire = start
+        else:
+            raise ValueError(f"start {start!r} is not 'live', 'run' or (series, frame)")
+        self._send({"htype": SUBSCRIBE, "start": wire, "credit": self._credit})
 
     def __enter__(self) -> Subscriber:
         return self
@@ -136,12 +196,48 @@ class Subscriber:
         self.close()
 
     def close(self) -> None:
-        """Close the socket."""
-        self.socket.close()
+        """Tell the service this subscriber leaves (data channel), and close the socket."""
+        if not self.preview:
+            with contextlib.suppress(zmq.ZMQError):
+                self.socket.send(encode_header({"htype": CREDIT, "credit": 0, "leave": True}))
+        self.socket.close(linger=100)
         self.context.term()
+
+    def _send(self, request: dict[str, Any]) -> None:
+        self.socket.send(encode_header(request))
+        self._spoke = time.monotonic()
+
+    def _give_credit(self, *, reset: bool = False) -> None:
+        position = None if self.position is None else list(self.position)
+        request = {"htype": CREDIT, "credit": self._consumed, "position": position}
+        if reset:
+            request["reset"] = True
+        self._send(request)
+        self._consumed = 0
+
+    def _wait(self) -> None:
+        """Wait for a message, saying "still here" every second; honour ``timeout_s``."""
+        waited = 0.0
+        while True:
+            if self.preview:
+                step_ms = self.timeout_ms if self.timeout_ms is not None else -1
+            else:
+                step_ms = round(_HEARTBEAT_S * 1000)
+                if self.timeout_ms is not None:
+                    step_ms = min(step_ms, max(0, self.timeout_ms - round(waited * 1000)))
+            if self.socket.poll(step_ms):
+                return
+            waited += step_ms / 1000
+            if self.timeout_ms is not None and waited * 1000 >= self.timeout_ms:
+                raise TimeoutError(f"nothing received for {self.timeout_ms / 1000:g} s")
+            if not self.preview:
+                self._give_credit()
 
     def receive(self) -> Event:
         """Wait for the next message and return it as an event.
+
+        On the data channel, messages the service sent twice (after a reconnection) are
+        skipped, so every frame is returned once, in order.
 
         Returns
         -------
@@ -152,27 +248,77 @@ class Subscriber:
         ------
         TimeoutError
             When nothing arrives within ``timeout_s``.
+        SubscriptionError
+            When the service refuses the subscription.
         """
-        if self.timeout_ms is not None and not self.socket.poll(self.timeout_ms):
-            raise TimeoutError(f"nothing received for {self.timeout_ms / 1000:g} s")
+        while True:
+            event = self._receive_one()
+            if event is not None:
+                return event
+
+    def _receive_one(self) -> Event | None:
+        self._wait()
         parts = self.socket.recv_multipart(copy=False)
         header = decode_header(parts[0].buffer)
-        message = header.get("message")
-        if isinstance(message, int):
-            if self._next_message is not None and message > self._next_message:
-                self.dropped += message - self._next_message
-            self._next_message = message + 1
         htype = header["htype"]
-        if htype == FRAME:
-            data = np.frombuffer(parts[1].buffer, dtype=np.dtype(header["dtype"]))
-            return Frame(header, data.reshape(header["shape"]))
+        if htype == ERROR:
+            raise SubscriptionError(str(header.get("reason")))
+        if self.preview:
+            message = header.get("message")
+            if isinstance(message, int):
+                if self._next_message is not None and message > self._next_message:
+                    self.dropped += message - self._next_message
+                self._next_message = message + 1
+            return _event(header, parts)
+        self._consumed += 1
+        if self._consumed >= max(1, self._credit // 2) or (
+            time.monotonic() - self._spoke >= _HEARTBEAT_S
+        ):
+            self._give_credit()
+        return self._in_order(header, parts)
+
+    def _in_order(self, header: dict[str, Any], parts: list[Any]) -> Event | None:
+        """Return the event if it is the next one of the stream; skip repeats."""
+        htype, series = header["htype"], str(header["series"])
+        here = self.position
         if htype == SERIES:
+            if here is None or here[0] != series:
+                self.position = (series, int(header.get("first_frame", 0)))
+            if self._announced == series:
+                return None  # announced again after a reconnection
+            self._announced = series
             return SeriesStart(header)
-        if htype == SERIES_END:
-            return SeriesEnd(header)
-        raise ValueError(f"unknown message type {htype!r}")
+        if here is None or here[0] != series:
+            return None
+        expected = here[1]
+        index = int(header["frame"]) if htype == FRAME else int(header["frames"])
+        if index < expected:
+            return None
+        if htype == SERIES_END and index > expected:
+            # The service could not read these frames back (the run's files were deleted
+            # or damaged after it read them); the end says why the run failed.
+            self.lost += index - expected
+            expected = index
+        elif index > expected:
+            # A gap can only follow a lost message: ask again from where this subscriber is.
+            self._give_credit(reset=True)
+            return None
+        self.position = (series, expected + 1)
+        return _event(header, parts)
 
     def __iter__(self) -> Iterator[Event]:
         """Yield events for ever (or until ``timeout_s`` passes without one)."""
         while True:
             yield self.receive()
+
+
+def _event(header: dict[str, Any], parts: list[Any]) -> Event:
+    htype = header["htype"]
+    if htype == FRAME:
+        data = np.frombuffer(parts[1].buffer, dtype=np.dtype(header["dtype"]))
+        return Frame(header, data.reshape(header["shape"]))
+    if htype == SERIES:
+        return SeriesStart(header)
+    if htype == SERIES_END:
+        return SeriesEnd(header)
+    raise ValueError(f"unknown message type {htype!r}")

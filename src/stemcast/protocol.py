@@ -21,9 +21,12 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CREDIT",
+    "ERROR",
     "FRAME",
     "SERIES",
     "SERIES_END",
+    "SUBSCRIBE",
     "decode_header",
     "encode_header",
     "wire_dtype",
@@ -32,7 +35,14 @@ __all__ = [
 SERIES = "stemcast-series-1.0"
 FRAME = "stemcast-frame-1.0"
 SERIES_END = "stemcast-series_end-1.0"
-HTYPES = (SERIES, FRAME, SERIES_END)
+#: The service refuses a data client's request (an unknown series to resume from, say).
+ERROR = "stemcast-error-1.0"
+HTYPES = (SERIES, FRAME, SERIES_END, ERROR)
+
+#: Data client to service: where to start, and the first credit (messages it can take).
+SUBSCRIBE = "stemcast-subscribe-1.0"
+#: Data client to service: more credit (0: I am still here), and the client's position.
+CREDIT = "stemcast-credit-1.0"
 
 
 def wire_dtype(dtype: np.dtype[Any]) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber
+from stemcast.client import Frame, SeriesEnd, SeriesStart, Start, Subscriber
 
 _READY = re.compile(
     r"data (?P<data>tcp://[^\s,]+), preview (?P<preview>tcp://[^\s,]+)"
@@ -99,24 +99,55 @@ class Series:
     end: dict[str, Any] | None = None
 
 
-def receive(endpoint: str, series: int, timeout_s: float = 30.0) -> list[Series]:
-    """Receive until ``series`` series have ended; in arrival order of their starts."""
-    found: dict[str, Series] = {}
-    ended = 0
-    with Subscriber(endpoint, timeout_s=timeout_s) as subscriber:
-        for event in subscriber:
-            if isinstance(event, SeriesStart):
-                assert event.series not in found
-                found[event.series] = Series(event.header)
-            elif isinstance(event, Frame):
-                found[event.series].frames.append(event.data.copy())
-                found[event.series].headers.append(event.header)
-            elif isinstance(event, SeriesEnd):
-                found[event.series].end = event.header
-                ended += 1
-                if ended == series:
-                    break
-    return list(found.values())
+class Receiver:
+    """Subscribe to a daemon's data channel now, from the start of the next runs, and keep
+    every series in a thread; :meth:`series` waits for them.
+
+    Created before the camera writes, so that no frame of the runs it waits for is missed.
+    """
+
+    def __init__(self, endpoint: str, *, start: Start = "run", timeout_s: float = 30.0) -> None:
+        self.found: dict[str, Series] = {}
+        self.ended = 0
+        self.error: BaseException | None = None
+        self._changed = threading.Condition()
+        self._subscriber = Subscriber(endpoint, start=start, timeout_s=timeout_s)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self._subscriber as subscriber:
+                for event in subscriber:
+                    with self._changed:
+                        self._keep(event)
+                        self._changed.notify_all()
+        except BaseException as error:  # reported by series()
+            with self._changed:
+                self.error = error
+                self._changed.notify_all()
+
+    def _keep(self, event: Any) -> None:
+        if isinstance(event, SeriesStart):
+            assert event.series not in self.found
+            self.found[event.series] = Series(event.header)
+        elif isinstance(event, Frame):
+            self.found[event.series].frames.append(event.data.copy())
+            self.found[event.series].headers.append(event.header)
+        elif isinstance(event, SeriesEnd):
+            self.found[event.series].end = event.header
+            self.ended += 1
+
+    def series(self, count: int, timeout_s: float = 30.0) -> list[Series]:
+        """Wait until ``count`` series have ended; return the series in order of their starts."""
+        with self._changed:
+            done = self._changed.wait_for(
+                lambda: self.ended >= count or self.error is not None, timeout_s
+            )
+            if self.error is not None:
+                raise self.error
+            assert done, f"{self.ended} of {count} series ended in {timeout_s} s"
+            return list(self.found.values())
 
 
 def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
@@ -171,8 +202,8 @@ def call(
 class Drain:
     """Consume a daemon's data channel in a thread, keeping the series headers.
 
-    The data channel is lossless: without a consumer a run waits, so tests that only look
-    at conversions and the HTTP API keep one of these connected.
+    Every client gets every frame: this one only keeps the series headers, for tests that
+    look at how runs end.
     """
 
     def __init__(self, endpoint: str) -> None:
@@ -183,7 +214,7 @@ class Drain:
         self._thread.start()
 
     def _run(self, endpoint: str) -> None:
-        with Subscriber(endpoint, timeout_s=0.1) as subscriber:
+        with Subscriber(endpoint, start="run", timeout_s=0.1) as subscriber:
             while not self._stop.is_set():
                 try:
                     event = subscriber.receive()

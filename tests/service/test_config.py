@@ -41,10 +41,10 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
     config.write_text("idle_timout_s = 3\n")
     with pytest.raises(ParameterError, match="idle_timout_s"):
         load_settings(config)
-    with pytest.raises(ParameterError, match="batch_frames"):
-        load_settings(batch_frames=0)
-    with pytest.raises(ValidationError, match="batch_frames"):
-        ServiceSettings(batch_frames=0)
+    with pytest.raises(ParameterError, match="batch_bytes"):
+        load_settings(batch_bytes=0)
+    with pytest.raises(ValidationError, match="data_credit"):
+        ServiceSettings(data_credit=0)
     with pytest.raises(ParameterError, match=r"missing\.toml: no such configuration file"):
         load_settings(tmp_path / "missing.toml")
 

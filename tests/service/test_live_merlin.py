@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from live import Daemon, daemons, receive
+from live import Daemon, Receiver, daemons
 
 from stemcast.client import Frame, SeriesEnd, Subscriber
 from stemcast.readers.mib import MibRun, file_reader
@@ -52,6 +52,7 @@ def test_every_frame_arrives_bit_identical_in_order_once(
     frame_size: int,
 ) -> None:
     service = daemon()
+    receiver = Receiver(service.data)
     scan = (4, 3) if quad else (8, 6)
     [path] = simulate_mib(
         tmp_path / "camera",
@@ -63,7 +64,7 @@ def test_every_frame_arrives_bit_identical_in_order_once(
         raw=raw,
         hdr_scan_size=True,
     )
-    [series] = receive(service.data, 1)
+    [series] = receiver.series(1)
     expected = offline(path)
     assert [header["frame"] for header in series.headers] == list(range(len(expected)))
     received = np.stack(series.frames)
@@ -84,11 +85,12 @@ def test_a_run_split_over_files_is_one_series(
     daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     service = daemon()
+    receiver = Receiver(service.data)
     paths = simulate_mib(
         tmp_path / "camera", name="split", scan_shape=(8, 6), frame_size=64, frames_per_file=16
     )
     assert len(paths) == 3
-    [series] = receive(service.data, 1)
+    [series] = receiver.series(1)
     np.testing.assert_array_equal(np.stack(series.frames), offline(paths[0]))
     assert series.end is not None
     assert series.end["status"] == "complete"
@@ -99,8 +101,9 @@ def test_scan_width_is_inferred_live_from_fly_back_gaps(
     daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     service = daemon()
+    receiver = Receiver(service.data)
     simulate_mib(tmp_path / "camera", name="ts", scan_shape=(10, 7), frame_size=32, fps=400)
-    [series] = receive(service.data, 1)
+    [series] = receiver.series(1)
     assert series.start["nav_shape"] is None
     positions = [header["nav_position"] for header in series.headers]
     # Known once two fly-backs have been seen, then on every frame.
@@ -118,6 +121,7 @@ def test_an_interrupted_run_ends_interrupted_with_complete_lines(
     daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     service = daemon("--idle-timeout", "0.5")
+    receiver = Receiver(service.data)
     [path] = simulate_mib(
         tmp_path / "camera",
         name="cut",
@@ -126,7 +130,7 @@ def test_an_interrupted_run_ends_interrupted_with_complete_lines(
         interrupt_after=20,
         hdr_scan_size=True,
     )
-    [series] = receive(service.data, 1)
+    [series] = receiver.series(1)
     assert series.end is not None
     assert series.end["status"] == "interrupted"
     assert "no new frame" in series.end["reason"]
@@ -139,11 +143,12 @@ def test_an_interrupted_run_ends_interrupted_with_complete_lines(
 
 def test_the_next_run_ends_the_previous_one(daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     service = daemon("--idle-timeout", "60")
+    receiver = Receiver(service.data)
     simulate_mib(
         tmp_path / "camera", name="a", scan_shape=(8, 8), frame_size=32, interrupt_after=30
     )
     simulate_mib(tmp_path / "camera", name="b", scan_shape=(4, 4), frame_size=32)
-    first, second = receive(service.data, 2, timeout_s=20)
+    first, second = receiver.series(2, timeout_s=20)
     assert first.end is not None
     assert second.end is not None
     assert first.end["status"] == "interrupted"
@@ -155,8 +160,9 @@ def test_the_next_run_ends_the_previous_one(daemon: Callable[..., Daemon], tmp_p
 
 def test_polling_mode_finds_and_follows_runs(daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     service = daemon("--polling")
+    receiver = Receiver(service.data)
     [path] = simulate_mib(tmp_path / "camera", name="share", scan_shape=(6, 5), frame_size=32)
-    [series] = receive(service.data, 1)
+    [series] = receiver.series(1)
     assert series.end is not None
     assert series.end["status"] == "complete"
     np.testing.assert_array_equal(np.stack(series.frames), offline(path))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from live import Daemon, daemons, receive
+from live import Daemon, Receiver, daemons
 
 from stemcast.readers.tvips import TvipsSeries, file_reader
 from stemcast.simulate import simulate_tvips
@@ -24,13 +24,14 @@ def test_a_rolling_series_arrives_bit_identical_in_order_once(
     daemon: Callable[..., Daemon], tmp_path: Path, bits: int
 ) -> None:
     service = daemon("--idle-timeout", "0.5")
+    receiver = Receiver(service.data)
     record = 76 + 48 * 48 * bits // 8
     paths = simulate_tvips(
         tmp_path / "camera", name="roll", scan_shape=(6, 6), frame_size=48, bits=bits,
         max_file_size=256 + 9 * record, fps=300,
     )  # fmt: skip
     assert len(paths) >= 4
-    [series] = receive(service.data, 1)
+    [series] = receiver.series(1)
     expected = np.asarray(file_reader(paths[0])[0]["data"]).reshape(-1, 48, 48)
     assert [header["frame"] for header in series.headers] == list(range(36))
     received = np.stack(series.frames)
@@ -47,10 +48,11 @@ def test_an_interrupted_series_publishes_its_complete_records(
     daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     service = daemon("--idle-timeout", "0.5")
+    receiver = Receiver(service.data)
     paths = simulate_tvips(
         tmp_path / "camera", name="cut", scan_shape=(5, 5), frame_size=32, interrupt_after=13
     )
-    [series] = receive(service.data, 1)
+    [series] = receiver.series(1)
     assert series.end is not None
     assert series.end["status"] == "interrupted"
     assert len(series.frames) == series.end["frames"] == 13

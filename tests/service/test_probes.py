@@ -86,7 +86,8 @@ def test_metrics_count_a_run_and_its_conversion(service: Daemon, tmp_path: Path)
     assert value(service, "stemcast_bytes_ingested_total", **merlin) == source.stat().st_size
     assert value(service, "stemcast_frames_published_total", **merlin) == 32
     assert value(service, "stemcast_bytes_published_total", **merlin) == 32 * 32 * 32 * 2
-    assert value(service, "stemcast_decode_duration_seconds_count", **merlin) >= 2
+    # One decode per batch; batches are bounded in bytes (4 MiB), so 32 small frames may be one.
+    assert value(service, "stemcast_decode_duration_seconds_count", **merlin) >= 1
     # The run has ended: nothing is left to read.
     assert value(service, "stemcast_tail_lag_frames", **merlin) == 0
     assert value(service, "stemcast_tail_lag_bytes", **merlin) == 0
@@ -102,29 +103,18 @@ def test_metrics_count_a_run_and_its_conversion(service: Daemon, tmp_path: Path)
     assert value(service, "stemcast_subscribers", channel="data") == 0
 
 
-def test_tail_lag_grows_without_a_consumer_and_clears_when_one_connects(
-    service: Daemon, tmp_path: Path
-) -> None:
+def test_a_run_is_read_to_its_end_without_any_client(service: Daemon, tmp_path: Path) -> None:
     [source] = simulate_mib(
-        tmp_path / "camera", name="waiting", scan_shape=(16, 8), frame_size=32,
+        tmp_path / "camera", name="alone", scan_shape=(16, 8), frame_size=32,
         counter_depth=12, hdr_scan_size=True,
     )  # fmt: skip
-    record = source.stat().st_size // 128
     merlin = {"detector": "merlin"}
-    # Nobody takes the data: the first batch waits to be sent, every frame is behind.
-    lag = wait_until(
-        lambda: (
-            value(service, "stemcast_tail_lag_frames", **merlin),
-            value(service, "stemcast_tail_lag_bytes", **merlin),
-            value(service, "stemcast_tail_lag_seconds", **merlin),
-        ),
-        lambda lag: lag[0] == 128 and lag[2] > 0.2,
-    )
-    assert lag[1] == 128 * record
-    drain = Drain(service.data)
-    try:
-        assert drain.end_of("waiting.mib")["status"] == "complete"
-    finally:
-        drain.close()
+    # No client is connected: the follower reads every frame anyway, at the camera's pace.
+    wait_until(lambda: value(service, "stemcast_runs", status="complete"), lambda n: n == 1)
+    assert value(service, "stemcast_frames_ingested_total", **merlin) == 128
+    assert value(service, "stemcast_bytes_ingested_total", **merlin) == source.stat().st_size
     assert value(service, "stemcast_tail_lag_frames", **merlin) == 0
     assert value(service, "stemcast_tail_lag_seconds", **merlin) == 0
+    assert value(service, "stemcast_subscribers", channel="data") == 0
+    output = tmp_path / "out" / "camera" / "alone.emd"
+    wait_until(lambda: output.exists(), lambda there: there)

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from live import daemons, receive
+from live import Receiver, daemons
 from prometheus import prometheus
 
 from stemcast.service.metrics import Metrics
@@ -72,6 +72,7 @@ def test_frames_counted_by_the_daemon_reach_prometheus(tmp_path: Path) -> None:
     camera = tmp_path / "camera"
     with daemons(tmp_path) as start:
         service = start("--http", "127.0.0.1:0")
+        receiver = Receiver(service.data)
         assert service.http is not None
         target = service.http.removeprefix("http://")
         with prometheus(tmp_path / "prometheus", [target]) as server:
@@ -84,7 +85,7 @@ def test_frames_counted_by_the_daemon_reach_prometheus(tmp_path: Path) -> None:
                 stdout=subprocess.PIPE,
                 text=True,
             )  # fmt: skip
-            [series] = receive(service.data, 1)
+            [series] = receiver.series(1)
             output, _ = simulator.communicate(timeout=60)
             assert simulator.returncode == 0
             frames = SCAN[0] * SCAN[1]

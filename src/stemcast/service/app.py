@@ -242,11 +242,8 @@ class Service:
         if not self.tasks:
             return
         _, late = await asyncio.wait(set(self.tasks), timeout=self.settings.shutdown_timeout_s)
-        self.publisher.stop_waiting()
         for task in late:
-            _logger.warning(
-                "run %s did not finish in time (no consumer?): cancelled", task.get_name()
-            )
+            _logger.warning("run %s did not finish in time: cancelled", task.get_name())
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
 
@@ -298,12 +295,15 @@ async def _serve(
         publisher = Publisher(
             settings.data_endpoint,
             settings.preview_endpoint,
-            data_hwm=settings.data_hwm,
+            data_credit=settings.data_credit,
             preview_hwm=settings.preview_hwm,
             preview_max_fps=settings.preview_max_fps,
+            client_timeout_s=settings.client_timeout_s,
+            batch_bytes=settings.batch_bytes,
             metrics=metrics,
         )
-        stack.callback(publisher.close, linger_s=settings.shutdown_timeout_s)
+        stack.push_async_callback(publisher.close)
+        publisher.start()
         finished = await asyncio.to_thread(registry.finished_paths)
         service = Service(settings, publisher, registry, jobs, token, metrics, finished)
         http = await start_http(service, settings.http) if settings.http is not None else None

@@ -161,7 +161,8 @@ class ServiceSettings(BaseSettings):
     )
     data_endpoint: str = Field(
         default="tcp://127.0.0.1:5555",
-        description="Bind address of the lossless PUSH data channel.",
+        description="Bind address of the data channel (ROUTER): every client gets every "
+        "frame, at its own pace, from where it chooses.",
     )
     preview_endpoint: str = Field(
         default="tcp://127.0.0.1:5556",
@@ -189,16 +190,23 @@ class ServiceSettings(BaseSettings):
         gt=0,
         description="A run whose files stop growing for this long ends as interrupted.",
     )
-    batch_frames: int = Field(
-        default=16,
+    batch_bytes: int = Field(
+        default=4 * 2**20,
         ge=1,
-        description="Frames read and decoded at once (memory: a few batches per run).",
+        description="Bytes of frames read and decoded at once by the follower and by each "
+        "data client (at least one frame): memory is a few batches per run and per client.",
     )
-    data_hwm: int = Field(
+    data_credit: int = Field(
         default=64,
         ge=1,
-        description="Frames queued on the data channel before sending waits: the tailer "
-        "then falls behind the file, which is the buffer.",
+        description="Most messages in flight to one data client (its credit): a slow client "
+        "holds back only itself, and reads older frames back from the files.",
+    )
+    client_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A data client that sends nothing for this long (no credit, no "
+        "heartbeat) is forgotten; it goes on from its position when it speaks again.",
     )
     preview_hwm: int = Field(default=2, ge=1, description="Frames queued on the preview channel.")
     preview_max_fps: float = Field(

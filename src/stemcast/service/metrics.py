@@ -175,7 +175,7 @@ class Metrics:
         )
         self.subscribers = Gauge(
             "stemcast_subscribers",
-            "Connections accepted on a ZeroMQ channel and not yet closed.",
+            "Clients of a channel: data clients being served, preview connections open.",
             ["channel"],
             registry=registry,
         )
@@ -376,7 +376,7 @@ class Metrics:
         self.conversion_written_bytes.labels(fmt).inc(_count(nbytes, "nbytes"))
 
     def subscriber_connected(self, channel: str) -> None:
-        """Count a connection ZeroMQ accepted on a channel (socket monitor event).
+        """Count a client of a channel (a data client placed, a preview connection accepted).
 
         Parameters
         ----------

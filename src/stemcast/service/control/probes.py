@@ -76,7 +76,7 @@ def readiness(service: ControlTarget) -> dict[str, dict[str, object]]:
     if output is not None:
         checks[f"output {output}"] = _writable(output)
     publisher = service.publisher
-    bound = not publisher.data.closed and not publisher.preview.closed
+    bound = not publisher.data.socket.closed and not publisher.preview.closed
     checks["sockets"] = {
         "ok": bound,
         "detail": f"data {publisher.data_address}, preview {publisher.preview_address}"

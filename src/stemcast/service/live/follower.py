@@ -1,4 +1,9 @@
-"""Follow one run from its first complete record to its end, publishing as it goes.
+"""Follow one run from its first complete record to its end, at the camera's pace.
+
+The follower reads each batch of complete records as it appears (for the scan shape, the
+preview channel, the registry and the metrics) and then makes it readable in the catalog;
+it never waits for a consumer, since every consumer reads the frames back from the files
+at its own pace.
 
 A run ends when the frame count its ``.hdr`` announced is reached (complete), when the next
 run starts in the same directory, when its files stop growing for the idle timeout
@@ -19,6 +24,7 @@ from typing import Any
 from stemcast.batch import FrameBatch
 from stemcast.errors import StemcastError
 from stemcast.service.config import ServiceSettings
+from stemcast.service.live.catalog import SeriesEntry
 from stemcast.service.live.navigation import NavigationTracker
 from stemcast.service.live.publisher import Publisher, SeriesState
 from stemcast.service.live.tail import FollowedRun, series_fields
@@ -100,6 +106,8 @@ class RunFollower:
             frames_expected=source.frames_expected,
             timestamp_frames=settings.timestamp_frames,
         )
+        header = {"series": self.state.series, **self.state.fields, **self._nav_fields()}
+        self.entry = SeriesEntry(self.state.series, header, source, self.navigation.position)
 
     @property
     def path(self) -> str:
@@ -152,7 +160,7 @@ class RunFollower:
                 watch_root=self.watch_root,
             )
         self._report_lag()
-        await self.publisher.series(self.state, self._nav_fields())
+        self.publisher.series(self.state, self.entry)
         try:
             status, reason = await self._follow()
         except (StemcastError, OSError) as error:
@@ -248,7 +256,9 @@ class RunFollower:
 
     async def _publish(self, available: int) -> None:
         """Publish the next batch while the one after it is read and decoded in a thread."""
-        size = self.settings.batch_frames
+        rows, cols = self.source.frame_shape
+        frame_bytes = max(1, rows * cols * self.source.dtype.itemsize)
+        size = max(1, self.settings.batch_bytes // frame_bytes)
         self._report_lag()
         reading = self._ahead or self._read(self.published, min(available, self.published + size))
         self._ahead = None
@@ -268,7 +278,7 @@ class RunFollower:
             }
             for offset in range(len(batch))
         ]
-        await self.publisher.frames(self.state, batch, per_frame)
+        self.publisher.frames(self.state, self.entry, batch, per_frame)
         self.published = batch.stop
         now = time.monotonic()
         if self.registry is not None and now - self._recorded_at >= _RECORD_INTERVAL_S:
@@ -307,7 +317,7 @@ class RunFollower:
             )
         if self.ended is not None:
             await self.ended(self)
-        await self.publisher.series_end(self.state, fields)
+        self.publisher.series_end(self.state, self.entry, fields)
         _logger.info(
             "run %s %s: %s, %d frames, scan %s from %s (%s)",
             self.state.series,

@@ -1,25 +1,19 @@
-"""ZeroMQ publishing: a lossless PUSH data channel and a throttled PUB preview channel.
+"""Publishing: the series catalog behind the data channel, and the PUB preview channel.
 
-The data channel's send waits when its high-water mark is reached, which stops the run's
-tailer: the file on disk is the buffer, so a slow consumer costs latency, never frames. Its
-sends happen in a worker thread, a batch at a time, with plain blocking sends: the event loop
-never waits on a full queue, and the round trip through the event loop that awaiting each
-send with ``zmq.asyncio`` costs is paid once per batch instead of once per frame. The
-preview channel never waits: PUB drops at its (low) high-water mark, and a per-series rate
-limit keeps it to what a viewer can draw.
+The follower of a run tells the publisher when its series starts, how far its frames can be
+read, and when it ends; the publisher records that in the catalog, which the data channel
+(:class:`~stemcast.service.live.dataserver.DataServer`) serves to each client at its own pace,
+and samples frames for the preview channel. Nothing here waits for a consumer: the preview
+channel (PUB) drops at its low high-water mark, and a per-series rate limit keeps it to what
+a viewer can draw.
 
-When the service exports metrics, the publisher counts what it sends and drops, times each
-batch's send, and follows the connections of both sockets through ZeroMQ socket monitors
-(accepted minus disconnected TCP peers: the subscribers ZeroMQ can see).
-
-Frame buffers go to the data channel without a copy (``copy=False``): each batch is a fresh
-array that nothing writes to again, and pyzmq keeps a reference to it until libzmq has sent
-it.
+When the service exports metrics, the publisher counts the previews it drops and follows the
+preview socket's connections through a ZeroMQ socket monitor; the data channel counts its
+clients itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -30,17 +24,11 @@ from zmq.utils.monitor import recv_monitor_message
 
 from stemcast.batch import FrameBatch
 from stemcast.protocol import FRAME, SERIES, SERIES_END, encode_header
+from stemcast.service.live.catalog import Catalog, FrameMeta, SeriesEntry
+from stemcast.service.live.dataserver import DataServer
 from stemcast.service.metrics import Metrics
 
-__all__ = ["Publisher", "PublisherClosed", "SeriesState"]
-
-#: How often (ms) a send blocked on a full data channel checks whether the service stops.
-_SEND_TIMEOUT_MS = 100
-
-
-class PublisherClosed(Exception):
-    """The service stopped while a send waited for a consumer."""
-
+__all__ = ["Publisher", "SeriesState"]
 
 _logger = logging.getLogger(__name__)
 
@@ -56,17 +44,23 @@ class SeriesState:
 
 
 class Publisher:
-    """The two sockets of the service and their counters.
+    """The catalog of series, the data channel that serves it, and the preview socket.
 
     Parameters
     ----------
     data_endpoint, preview_endpoint
         Bind addresses, e.g. ``tcp://127.0.0.1:5555`` (port 0 picks a free port; see
         :attr:`data_address`).
-    data_hwm, preview_hwm
-        High-water marks in messages.
+    data_credit
+        Most messages in flight to one data client.
+    preview_hwm
+        High-water mark of the preview channel, in messages.
     preview_max_fps
         Most preview frames per second per series.
+    client_timeout_s
+        A data client silent for this long is forgotten.
+    batch_bytes
+        Most bytes of frames read back from the files at a time for one data client.
     metrics
         Where to count sent and dropped frames, send times and connected subscribers.
     """
@@ -76,66 +70,48 @@ class Publisher:
         data_endpoint: str,
         preview_endpoint: str,
         *,
-        data_hwm: int = 64,
+        data_credit: int = 64,
         preview_hwm: int = 2,
         preview_max_fps: float = 10.0,
+        client_timeout_s: float = 30.0,
+        batch_bytes: int = 8 * 2**20,
         metrics: Metrics | None = None,
     ) -> None:
         self.metrics = metrics
+        self.catalog = Catalog()
+        self.data = DataServer(
+            data_endpoint,
+            self.catalog,
+            max_credit=data_credit,
+            batch_bytes=batch_bytes,
+            client_timeout_s=client_timeout_s,
+            metrics=metrics,
+        )
         self.context = zmq.Context()
-        self.data = self.context.socket(zmq.PUSH)
-        self.data.sndhwm = data_hwm
-        self.data.sndtimeo = _SEND_TIMEOUT_MS
-        self.data.linger = 0
-        self._order = asyncio.Lock()
-        self._sending = threading.Lock()
-        self._closing = threading.Event()
         self.preview = self.context.socket(zmq.PUB)
         self.preview.sndhwm = preview_hwm
         self.preview.linger = 0
-        self.data.bind(data_endpoint)
         self.preview.bind(preview_endpoint)
         self.preview_interval = 1.0 / preview_max_fps
         self.sequence = 0
-        self.data_messages = 0
         self.preview_messages = 0
         self._monitor: _ConnectionMonitor | None = None
         if metrics is not None:
-            self._monitor = _ConnectionMonitor(
-                {"data": self.data, "preview": self.preview}, metrics
-            )
+            self._monitor = _ConnectionMonitor({"preview": self.preview}, metrics)
 
     @property
     def data_address(self) -> str:
         """The data channel's bound address (with the port chosen when 0 was asked)."""
-        return str(self.data.getsockopt_string(zmq.LAST_ENDPOINT))
+        return self.data.address
 
     @property
     def preview_address(self) -> str:
         """The preview channel's bound address."""
         return str(self.preview.getsockopt_string(zmq.LAST_ENDPOINT))
 
-    async def _data(self, messages: list[tuple[dict[str, Any], Any]]) -> None:
-        """Send messages (header, frame or ``None``) in order from a thread, numbering them."""
-        async with self._order:
-            encoded = []
-            for header, frame in messages:
-                header["message"] = self.data_messages
-                self.data_messages += 1
-                first = encode_header(header)
-                encoded.append([first] if frame is None else [first, frame])
-            await asyncio.to_thread(self._send_blocking, encoded)
-
-    def _send_blocking(self, messages: list[list[Any]]) -> None:
-        with self._sending:
-            for parts in messages:
-                while True:
-                    try:
-                        self.data.send_multipart(parts, copy=False)
-                        break
-                    except zmq.Again:
-                        if self._closing.is_set():
-                            raise PublisherClosed("no consumer took the data") from None
+    def start(self) -> None:
+        """Start serving data clients (in the running event loop)."""
+        self.data.start()
 
     def _preview(self, header: dict[str, Any], *parts: Any) -> bool:
         """Send a message on the preview channel if it has room; return whether it went."""
@@ -148,100 +124,76 @@ class Publisher:
             return False
         return True
 
-    async def series(self, state: SeriesState, nav: dict[str, Any]) -> None:
-        """Announce a series on both channels.
+    def series(self, state: SeriesState, entry: SeriesEntry) -> None:
+        """Announce a series: add it to the catalog, and say so on the preview channel.
 
         Parameters
         ----------
         state
-            The series.
-        nav
-            ``nav_shape`` and ``nav_evidence`` known at the start (``None`` when unknown).
+            The series' preview state.
+        entry
+            Its catalog entry (header fields, run, frame positions).
         """
-        header = {"htype": SERIES, "series": state.series, **state.fields, **nav}
-        self._preview(dict(header))
-        await self._data([(header, None)])
+        self.catalog.add(entry)
+        self._preview({"htype": SERIES, **entry.header, "first_frame": 0})
 
-    async def frames(
-        self,
-        state: SeriesState,
-        batch: FrameBatch,
-        per_frame: list[dict[str, Any]],
+    def frames(
+        self, state: SeriesState, entry: SeriesEntry, batch: FrameBatch, meta: FrameMeta
     ) -> None:
-        """Publish the frames of a batch: every one on the data channel, some as previews.
+        """Make the frames of a batch readable by the data clients; preview some of them.
 
         Parameters
         ----------
         state
-            The series they belong to.
+            The series' preview state.
+        entry
+            Its catalog entry.
         batch
-            Decoded frames.
-        per_frame
+            The frames the follower has just read.
+        meta
             Header fields of each frame (timestamp, exposure, scan position).
         """
-        frames = batch.frames
         common = {
             "htype": FRAME,
-            "series": state.series,
-            "shape": state.fields["shape"],
-            "dtype": state.fields["dtype"],
+            "series": entry.series,
+            "shape": entry.header["shape"],
+            "dtype": entry.header["dtype"],
         }
-        messages = []
         previewed = 0
-        for offset, extra in enumerate(per_frame):
-            header = {**common, "frame": batch.start + offset, "sequence": self.sequence, **extra}
-            self.sequence += 1
-            frame = frames[offset]
+        for offset, extra in enumerate(meta):
             now = time.monotonic()
             if now - state.last_preview >= self.preview_interval:
                 state.last_preview = now
-                previewed += self._preview(dict(header), frame)
-            messages.append((header, frame))
-        started = time.perf_counter()
-        await self._data(messages)
-        state.frames_sent += len(per_frame)
+                header = {**common, "frame": batch.start + offset, "sequence": self.sequence}
+                previewed += self._preview({**header, **extra}, batch.frames[offset])
+            self.sequence += 1
+        state.frames_sent += len(meta)
+        self.catalog.advance(entry, batch.stop)
         if self.metrics is not None:
-            detector = str(state.fields.get("detector", "unknown"))
-            self.metrics.publish_latency(detector, time.perf_counter() - started)
-            self.metrics.published(detector, len(per_frame), frames[: len(per_frame)].nbytes)
-            self.metrics.preview_dropped(detector, len(per_frame) - previewed)
+            detector = str(entry.header.get("detector", "unknown"))
+            self.metrics.preview_dropped(detector, len(meta) - previewed)
 
-    async def series_end(self, state: SeriesState, fields: dict[str, Any]) -> None:
-        """Close a series on both channels.
+    def series_end(self, state: SeriesState, entry: SeriesEntry, fields: dict[str, Any]) -> None:
+        """Close a series in the catalog and on the preview channel.
 
         Parameters
         ----------
         state
-            The series.
+            The series' preview state.
+        entry
+            Its catalog entry.
         fields
             Status, reason and scan shape.
         """
-        header = {
-            "htype": SERIES_END,
-            "series": state.series,
-            "frames": state.frames_sent,
-            **fields,
-        }
-        self._preview(dict(header))
-        await self._data([(header, None)])
+        end = {"frames": entry.frames, **fields}
+        self.catalog.finish(entry, end)
+        self._preview({"htype": SERIES_END, "series": entry.series, **end})
 
-    def stop_waiting(self) -> None:
-        """Make sends blocked on an absent consumer give up (:class:`PublisherClosed`)."""
-        self._closing.set()
-
-    def close(self, linger_s: float = 0.0) -> None:
-        """Close both sockets and the context.
-
-        Parameters
-        ----------
-        linger_s
-            Time given to the data channel to deliver what is queued; previews are dropped.
-        """
-        self.stop_waiting()
+    async def close(self) -> None:
+        """Close the data channel, the preview socket and the context."""
+        await self.data.close()
         if self._monitor is not None:
             self._monitor.stop()
-        with self._sending:
-            self.data.close(linger=round(linger_s * 1000))
         self.preview.close(linger=0)
         self.context.term()
 

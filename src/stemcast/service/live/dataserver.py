@@ -1,0 +1,338 @@
+"""The data channel: every client gets every frame, at its own pace, from where it chooses.
+
+One ZeroMQ ROUTER socket serves any number of DEALER clients. A client says where to start
+(``live``, ``run`` or a position ``(series, frame)`` it saw last) and how many messages it
+can take (its *credit*); it gives credit back as it consumes, and sends credit 0 now and then
+to say it is still there. Each client has its own task, which reads the frames it is owed
+back from the run's files (positional reads of whole records) and sends at most its credit:
+a slow client only delays itself, and memory stays bounded by one batch per client however
+far behind it is. A client that says it leaves, or stays silent for ``client_timeout_s``
+(killed, cut off), is forgotten; when it speaks
+again its message carries its position, so it goes on from there (also after a restart of
+the service, when the series is still in the catalog).
+
+A client's position is ``(series, next)``: ``next`` counts the frames of the series and then
+its end, so after the ``series_end`` of a series of ``n`` frames a client stands at
+``(series, n + 1)`` and goes on with the series that started after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from stemcast.errors import StemcastError
+from stemcast.protocol import CREDIT, ERROR, FRAME, SERIES, SERIES_END, SUBSCRIBE, encode_header
+from stemcast.service.live.catalog import Catalog, SeriesEntry
+from stemcast.service.metrics import Metrics
+
+__all__ = ["DataServer"]
+
+_logger = logging.getLogger(__name__)
+
+#: Largest message a client may send (its requests are small JSON objects).
+_MAX_CLIENT_MESSAGE = 64 * 1024
+#: Seconds between two looks for clients that went silent.
+_SWEEP_S = 0.5
+
+
+@dataclass(eq=False)
+class _Session:
+    """One client: where it stands, what it may be sent, when it last spoke."""
+
+    identity: bytes
+    credit: int
+    last_seen: float
+    wake: asyncio.Event
+    entry: SeriesEntry | None = None
+    #: Waiting for the series that starts after this one (``None``: after the newest now).
+    after: SeriesEntry | None = None
+    frame: int = 0
+    announced: bool = False
+    messages: int = 0
+    frames_sent: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class DataServer:
+    """Serve the catalog's series to data clients over a ROUTER socket.
+
+    Parameters
+    ----------
+    endpoint
+        Bind address, e.g. ``tcp://127.0.0.1:5555`` (port 0 picks a free port).
+    catalog
+        The series to serve.
+    max_credit
+        Most messages in flight to one client, whatever credit it asks for.
+    batch_bytes
+        Most bytes of frames read back from the files at a time for one client.
+    client_timeout_s
+        A client that sends nothing for this long is forgotten.
+    metrics
+        Where to count what is sent, and the clients connected.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        catalog: Catalog,
+        *,
+        max_credit: int = 64,
+        batch_bytes: int = 8 * 2**20,
+        client_timeout_s: float = 30.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.max_credit = max_credit
+        self.batch_bytes = batch_bytes
+        self.client_timeout_s = client_timeout_s
+        self.metrics = metrics
+        self.context = zmq.asyncio.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, _MAX_CLIENT_MESSAGE)
+        # Credit bounds what is queued per client; the high-water mark only has to hold it.
+        self.socket.sndhwm = 2 * max_credit + 16
+        self.socket.linger = 0
+        self.socket.bind(endpoint)
+        self.sessions: dict[bytes, _Session] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def address(self) -> str:
+        """The bound address (with the port chosen when 0 was asked)."""
+        return str(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def start(self) -> None:
+        """Start taking clients (in the running event loop)."""
+        self._tasks = [
+            asyncio.create_task(self._receive(), name="data-receive"),
+            asyncio.create_task(self._sweep(), name="data-sweep"),
+        ]
+
+    async def close(self) -> None:
+        """Forget every client and close the socket."""
+        for session in list(self.sessions.values()):
+            await self._forget(session)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.socket.close(linger=0)
+        self.context.term()
+
+    # Requests -------------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        while True:
+            try:
+                identity, *parts = await self.socket.recv_multipart()
+            except zmq.ZMQError as error:
+                _logger.warning("data channel: cannot receive: %s", error)
+                continue
+            try:
+                await self._request(identity, parts)
+            except (ValueError, TypeError, KeyError) as error:
+                _logger.warning("data channel: ignoring a client's message: %s", error)
+
+    async def _request(self, identity: bytes, parts: list[bytes]) -> None:
+        if len(parts) != 1:
+            raise ValueError(f"{len(parts)} parts, not 1")
+        request = json.loads(parts[0])
+        if not isinstance(request, dict):
+            raise ValueError("not a JSON object")
+        kind = request.get("htype")
+        credit = request.get("credit", 0)
+        if not isinstance(credit, int) or isinstance(credit, bool) or credit < 0:
+            raise ValueError(f"credit {credit!r} is not a count")
+        session = self.sessions.get(identity)
+        if kind == CREDIT and request.get("leave"):
+            if session is not None:
+                _logger.info("data client %s: left", identity.hex())
+                await self._forget(session)
+            return
+        if kind == SUBSCRIBE or (kind == CREDIT and (session is None or request.get("reset"))):
+            start = request.get("position") if kind == CREDIT else request.get("start", "live")
+            if session is not None:
+                await self._forget(session)
+            await self._subscribe(identity, start, credit if kind == SUBSCRIBE else None)
+            return
+        if kind != CREDIT or session is None:
+            raise ValueError(f"unknown request {kind!r}")
+        session.last_seen = time.monotonic()
+        session.credit = min(self.max_credit, session.credit + credit)
+        session.wake.set()
+
+    async def _subscribe(self, identity: bytes, start: Any, credit: int | None) -> None:
+        session = _Session(
+            identity,
+            credit=self.max_credit if credit is None else min(credit, self.max_credit),
+            last_seen=time.monotonic(),
+            wake=self.catalog.listen(),
+        )
+        problem = self._place(session, start)
+        if problem is not None:
+            self.catalog.forget(session.wake)
+            await self._send(identity, {"htype": ERROR, "reason": problem})
+            return
+        self.sessions[identity] = session
+        session.task = asyncio.create_task(self._serve(session), name="data-client")
+        if self.metrics is not None:
+            self.metrics.subscriber_connected("data")
+        _logger.info("data client %s: starts at %s", identity.hex(), start)
+
+    def _place(self, session: _Session, start: Any) -> str | None:
+        """Put a new client where it asked to start; return why it cannot be, or ``None``."""
+        following = self.catalog.following()
+        if start in ("live", "run", None):
+            if not following:
+                session.after = self.catalog.entries[-1] if self.catalog.entries else None
+                return None
+            if start == "run":
+                session.entry, session.frame = following[0], 0
+            else:
+                session.entry = following[-1]
+                session.frame = session.entry.frames
+            return None
+        if (
+            isinstance(start, list)
+            and len(start) == 2
+            and isinstance(start[0], str)
+            and isinstance(start[1], int)
+            and not isinstance(start[1], bool)
+            and start[1] >= 0
+        ):
+            entry = self.catalog.find(start[0])
+            if entry is None:
+                return f"series {start[0]} is not known to this service (any more)"
+            session.entry, session.frame = entry, start[1]
+            return None
+        return f"start {start!r} is not 'live', 'run' or [series, frame]"
+
+    async def _forget(self, session: _Session) -> None:
+        if self.sessions.get(session.identity) is session:
+            del self.sessions[session.identity]
+            if self.metrics is not None:
+                self.metrics.subscriber_disconnected("data")
+        self.catalog.forget(session.wake)
+        if session.task is not None and session.task is not asyncio.current_task():
+            session.task.cancel()
+            await asyncio.gather(session.task, return_exceptions=True)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            silent = time.monotonic() - self.client_timeout_s
+            for session in list(self.sessions.values()):
+                if session.last_seen < silent:
+                    _logger.info("data client %s: silent, forgotten", session.identity.hex())
+                    await self._forget(session)
+
+    # Sending --------------------------------------------------------------------------------
+
+    async def _send(self, identity: bytes, header: dict[str, Any], *data: Any) -> None:
+        await self.socket.send_multipart([identity, encode_header(header), *data], copy=False)
+
+    async def _serve(self, session: _Session) -> None:
+        try:
+            while True:
+                if await self._step(session):
+                    continue
+                await session.wake.wait()
+                session.wake.clear()
+        except zmq.ZMQError as error:
+            # ROUTER_MANDATORY: the client's connection is gone.
+            _logger.info("data client %s: gone (%s)", session.identity.hex(), error)
+            await self._forget(session)
+        except (StemcastError, OSError) as error:
+            _logger.error("data client %s: dropped: %s", session.identity.hex(), error)
+            await self._forget(session)
+
+    async def _step(self, session: _Session) -> bool:
+        """Send what the client is owed and may take now; return whether anything went."""
+        if session.entry is None:
+            following = (
+                self.catalog.after(session.after)
+                if session.after is not None
+                else (self.catalog.entries[0] if self.catalog.entries else None)
+            )
+            if following is None:
+                return False
+            session.entry, session.frame, session.announced = following, 0, False
+        entry = session.entry
+        if session.credit <= 0:
+            return False
+        if not session.announced:
+            await self._message(
+                session, {"htype": SERIES, **entry.header, "first_frame": session.frame}
+            )
+            session.announced = True
+            return True
+        if session.frame < entry.frames:
+            try:
+                await self._frames(session, entry)
+            except (StemcastError, OSError) as error:
+                if entry.end is None:
+                    raise
+                # The series ended and its files can no longer be read (deleted, corrupt):
+                # the client gets its end, which says why it failed.
+                _logger.warning(
+                    "data client %s: frames %d-%d of series %s cannot be read: %s",
+                    session.identity.hex(),
+                    session.frame,
+                    entry.frames - 1,
+                    entry.series,
+                    error,
+                )
+                session.frame = entry.frames
+            return True
+        if entry.end is not None and session.frame == entry.frames:
+            await self._message(session, {"htype": SERIES_END, "series": entry.series, **entry.end})
+            session.frame += 1
+            return True
+        if entry.end is not None:
+            session.entry, session.after = None, entry
+            return True
+        return False
+
+    async def _message(self, session: _Session, header: dict[str, Any], *data: Any) -> None:
+        header["message"] = session.messages
+        session.messages += 1
+        session.credit -= 1
+        await self._send(session.identity, header, *data)
+
+    async def _frames(self, session: _Session, entry: SeriesEntry) -> None:
+        rows, cols = entry.source.frame_shape
+        per_frame = max(1, rows * cols * entry.source.dtype.itemsize)
+        count = min(
+            session.credit, entry.frames - session.frame, max(1, self.batch_bytes // per_frame)
+        )
+        started = time.perf_counter()
+        batch, meta = await asyncio.to_thread(entry.read, session.frame, session.frame + count)
+        common = {
+            "htype": FRAME,
+            "series": entry.series,
+            "shape": entry.header["shape"],
+            "dtype": entry.header["dtype"],
+        }
+        for offset, extra in enumerate(meta):
+            header = {
+                **common,
+                "frame": batch.start + offset,
+                "sequence": session.frames_sent,
+                **extra,
+            }
+            session.frames_sent += 1
+            await self._message(session, header, batch.frames[offset])
+        session.frame = batch.stop
+        if self.metrics is not None:
+            detector = str(entry.header.get("detector", "unknown"))
+            self.metrics.publish_latency(detector, time.perf_counter() - started)
+            self.metrics.published(detector, len(batch), batch.frames.nbytes)
