@@ -76,6 +76,21 @@ class Source(ABC):
             raw headers.
         """
 
+    @abstractmethod
+    def refresh(self) -> Source:
+        """Look again at a run that is being written: new complete records and new files.
+
+        Returns
+        -------
+        Source
+            The run as it is now (the object itself when nothing changed).
+
+        Raises
+        ------
+        FormatError
+            When the files shrank or changed under the run.
+        """
+
     def value_range(self, count: int, *, batch_frames: int = 64) -> tuple[float, float]:
         """Return the minimum and maximum pixel value of the first ``count`` frames.
 

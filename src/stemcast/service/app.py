@@ -1,11 +1,15 @@
 """The daemon: discovery, one follower per run, the publisher, conversions, the HTTP API.
 
-At start-up the service opens its registry, marks the runs a killed predecessor was following
-as abandoned, leaves alone every file of a run that has already ended (a restart never
-re-publishes a run), and takes up the conversion jobs left unfinished. SIGTERM stops the
-HTTP API, stops the conversions (a running one is cancelled and stays queued for the next
-start), lets each run finish its batch, and closes the registry. The registry is SQLite:
-every call to it from here runs in a worker thread, never in the event loop.
+At start-up the service opens its registry, resumes the runs its predecessor was following
+when it stopped or was killed (same series id, read again from their files; a run whose
+files are gone is marked abandoned), leaves alone every file of a run that has already ended
+(a restart never re-publishes a run), and takes up the conversion jobs left unfinished.
+Each run with automatic conversion targets is converted while it is acquired (a live job,
+:mod:`stemcast.service.jobs.live`). SIGTERM stops the HTTP API, stops the conversions (a
+running one is cancelled and stays queued for the next start), lets each run finish its
+batch and leaves the runs that have not ended ``following``, and closes the registry. The
+registry is SQLite: every call to it from here runs in a worker thread, never in the event
+loop.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from stemcast.service.live.follower import RunFollower
 from stemcast.service.live.publisher import Publisher
 from stemcast.service.live.tail import MibSource, NotReady, open_source, stem_of
 from stemcast.service.metrics import Metrics
-from stemcast.service.state.records import JobStatus, RunStatus
+from stemcast.service.state.records import JobStatus, RunRecord, RunStatus
 from stemcast.service.state.registry import Registry
 
 if TYPE_CHECKING:
@@ -120,7 +124,18 @@ class Service:
             return False
         return age <= self.settings.existing_max_age_s
 
-    async def _open(self, path: str) -> None:
+    async def resume(self, runs: Iterable[RunRecord]) -> None:
+        """Follow again the runs the previous process was following when it stopped.
+
+        Parameters
+        ----------
+        runs
+            The runs the registry has ``following``, oldest first.
+        """
+        for run in runs:
+            await self._open(run["path"], resume=run["id"])
+
+    async def _open(self, path: str, *, resume: str | None = None) -> None:
         try:
             source = await asyncio.to_thread(open_source, path)
         except NotReady:
@@ -128,11 +143,15 @@ class Service:
             return
         except FileNotFoundError:
             self.pending.discard(path)
+            if resume is not None:
+                await self._abandon(resume, "its files are gone")
             return
         except (StemcastError, OSError) as error:
             self.pending.discard(path)
             self.seen.add(path)
             _logger.error("run failed: %s", error)
+            if resume is not None:
+                await self._abandon(resume, f"cannot be resumed: {error}")
             return
         self.pending.discard(path)
         self.seen.add(path)
@@ -150,8 +169,9 @@ class Service:
             self.stopping,
             registry=self.registry,
             watch_root=None if root is None else str(root),
-            ended=self._convert_ended,
+            started=self._convert_live,
             metrics=self.metrics,
+            resume=resume,
         )
         self.followers[path] = follower
         task: asyncio.Task[object] = asyncio.create_task(follower.run(), name=path)
@@ -185,16 +205,15 @@ class Service:
             for run in self.followers.values()
         )
 
-    async def _convert_ended(self, follower: RunFollower) -> None:
-        """Request the automatic conversion of a run that has ended, if one applies.
+    async def _abandon(self, run_id: str, reason: str) -> None:
+        _logger.warning("run %s abandoned: %s", run_id, reason)
+        await asyncio.to_thread(
+            self.registry.update_run, run_id, status=RunStatus.ABANDONED, reason=reason
+        )
 
-        Runs that failed, have no frame, or were cut short by the service stopping (their
-        camera may still be writing) are not converted.
-        """
-        ended = (RunStatus.COMPLETE, RunStatus.INTERRUPTED)
-        if follower.status not in ended or not follower.published:
-            return
-        if follower.status is RunStatus.INTERRUPTED and self.stopping.is_set():
+    async def _convert_live(self, follower: RunFollower) -> None:
+        """Start converting a run while it is acquired, if automatic conversion applies."""
+        if self.settings.output is None:
             return
         source = follower.source
         targets, options = self.settings.conversion_for(
@@ -202,14 +221,12 @@ class Service:
         )
         if not targets:
             return
-        filled = follower.filled
         try:
-            await self.jobs.request(
+            follower.live = await self.jobs.start_live(
                 follower.path,
                 targets,
                 options,
                 run_id=follower.state.series,
-                navigation_shape=filled if filled is not None and len(filled) == 2 else None,
                 relative_to=follower.watch_root,
             )
         except (StemcastError, OSError) as error:
@@ -264,11 +281,6 @@ async def serve(settings: ServiceSettings, ready: Callable[[Service], None] | No
     token = settings.api_token()
     registry = await asyncio.to_thread(Registry, settings.registry_path())
     try:
-        abandoned = await asyncio.to_thread(
-            registry.abandon_following, "the service stopped while following the run"
-        )
-        for run in abandoned:
-            _logger.warning("run %s abandoned: %s", run["id"], run["path"])
         await _serve(settings, registry, token, ready)
     finally:
         await asyncio.to_thread(registry.close)
@@ -289,8 +301,10 @@ async def _serve(
     if settings.output is not None:
         metrics.bind_output_root(settings.output)
     async with contextlib.AsyncExitStack() as stack:
+        resumed = await asyncio.to_thread(registry.runs, status=RunStatus.FOLLOWING)
+        resumed.reverse()
         jobs = JobManager(settings, registry, metrics)
-        await jobs.start()
+        await jobs.start(resumed={run["id"] for run in resumed})
         stack.push_async_callback(jobs.stop)
         publisher = Publisher(
             settings.data_endpoint,
@@ -306,6 +320,7 @@ async def _serve(
         publisher.start()
         finished = await asyncio.to_thread(registry.finished_paths)
         service = Service(settings, publisher, registry, jobs, token, metrics, finished)
+        await service.resume(resumed)
         http = await start_http(service, settings.http) if settings.http is not None else None
         loop = asyncio.get_running_loop()
         for number in (signal.SIGTERM, signal.SIGINT):

@@ -274,6 +274,13 @@ class ServiceSettings(BaseSettings):
         ge=1,
         description="Conversions running at once (in the service or on the cluster).",
     )
+    live_conversions: int = Field(
+        default=2,
+        ge=1,
+        description="Runs converted while they are acquired at once, each by its own worker "
+        "process (a run beyond these is converted live as soon as one ends, catching up from "
+        "its files).",
+    )
     input_roots: list[Path] = Field(
         default_factory=list,
         description="Folders besides the watch folders whose runs POST /convert may read.",

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -38,6 +38,7 @@ from typing import Any
 from stemcast.errors import ParameterError, StemcastError
 from stemcast.formats.runs import open_run, run_source
 from stemcast.service.config import ServiceSettings
+from stemcast.service.jobs.live import LiveJob, RunNotConverted, convert_live_in_worker
 from stemcast.service.jobs.worker import JobControl, WorkerDied, convert_in_worker, worker_pool
 from stemcast.service.metrics import Metrics
 from stemcast.service.state.records import JobRecord, JobStatus
@@ -50,6 +51,8 @@ _logger = logging.getLogger(__name__)
 
 #: Seconds between two writes of a running job's progress to the registry.
 _PROGRESS_INTERVAL_S = 0.5
+#: Seconds between two looks at a live job's progress (its lag is reported from it).
+_LIVE_PROGRESS_INTERVAL_S = 0.1
 #: Seconds given to the scheduler to answer when the service connects.
 _SCHEDULER_TIMEOUT_S = 10
 
@@ -89,14 +92,22 @@ class JobManager:
         self._progress: dict[str, tuple[int, int | None]] = {}
         self._stopping = False
         self._executor: ProcessPoolExecutor | None = None
+        self._live_executor: ProcessPoolExecutor | None = None
+        self._live_tasks: set[asyncio.Task[None]] = set()
         self._client: Any = None
 
-    async def start(self) -> None:
+    async def start(self, resumed: Collection[str] = ()) -> None:
         """Connect to the scheduler, if any, and take up the jobs a previous run left.
 
         Jobs that were ``running`` when the previous process stopped go back to ``queued``
         (the conversion removes the temporary files a killed process left); then every
-        unfinished job is queued, oldest first.
+        unfinished job is queued, oldest first, but for the live conversions of the runs in
+        ``resumed``: their followers take them up (:meth:`start_live`).
+
+        Parameters
+        ----------
+        resumed
+            Ids of the runs the service resumes following.
 
         Raises
         ------
@@ -107,7 +118,10 @@ class JobManager:
             self._client = await _connect(self.settings.scheduler)
         else:
             self._executor = worker_pool(self.settings.convert_workers)
+        self._live_executor = worker_pool(self.settings.live_conversions)
         for job in await asyncio.to_thread(self.registry.unfinished_jobs):
+            if job["run_id"] in resumed:
+                continue
             if job["status"] is JobStatus.RUNNING:
                 await asyncio.to_thread(
                     self.registry.update_job, job["id"], status=JobStatus.QUEUED
@@ -215,6 +229,103 @@ class JobManager:
                 return existing, False
             return add(), True
 
+    async def start_live(
+        self,
+        source: str,
+        targets: Sequence[str],
+        options: Mapping[str, Any],
+        *,
+        run_id: str,
+        relative_to: str | None = None,
+    ) -> LiveJob:
+        """Start converting a run while it is acquired (a job ``running`` from now on).
+
+        The job of the run left unfinished by a previous process (the service resumed
+        following the run) is taken up, its outputs written anew; otherwise a job is
+        recorded.
+
+        Parameters
+        ----------
+        source
+            The run's first file.
+        targets, options
+            Output formats and their options.
+        run_id
+            The run's id.
+        relative_to
+            As :meth:`request`.
+
+        Returns
+        -------
+        LiveJob
+            What the follower tells how far the run is.
+
+        Raises
+        ------
+        ParameterError
+            When no output root is configured, or the targets or options are bad.
+        """
+        from stemcast.convert.options import check_options, parse_targets
+
+        if self.settings.output is None:
+            raise ParameterError(
+                "no output root is configured: start the service with --output DIR",
+                parameter="output",
+            )
+        chosen = list(parse_targets(targets))
+        normalized = check_options(chosen, options)
+        output_dir = os.path.realpath(self.settings.output)
+        mirrored = None if relative_to is None else os.path.dirname(os.path.realpath(relative_to))
+        first = os.path.realpath(source)
+        key = _job_key(
+            {
+                "live": run_id,
+                "source": first,
+                "targets": sorted(chosen),
+                "options": normalized,
+                "output_dir": output_dir,
+                "relative_to": mirrored,
+            }
+        )
+        add = functools.partial(
+            self.registry.add_job,
+            uuid.uuid4().hex,
+            key=key,
+            source=first,
+            run_id=run_id,
+            targets=chosen,
+            options=normalized,
+            output_dir=output_dir,
+            navigation_shape=None,
+            relative_to=mirrored,
+        )
+        job = await asyncio.to_thread(self._take_live, run_id, add)
+        control = JobControl()
+        live = LiveJob(job["id"], control)
+        flag = self._cancel[job["id"]] = threading.Event()
+        _logger.info("job %s: converting %s live to %s", job["id"], first, ", ".join(chosen))
+        task = asyncio.create_task(
+            self._run(job, flag, lambda: self._convert_live(job, live, flag)),
+            name=f"live job {job['id']}",
+        )
+        self._live_tasks.add(task)
+        task.add_done_callback(self._live_tasks.discard)
+        return live
+
+    def _take_live(self, run_id: str, add: Callable[[], JobRecord]) -> JobRecord:
+        """Mark the run's unfinished job, or a new one, ``running``.
+
+        Blocking (registry): runs in a worker thread.
+        """
+        with self._transition:
+            unfinished = [
+                job for job in self.registry.jobs(run_id=run_id) if not job["status"].ended
+            ]
+            job = unfinished[0] if unfinished else add()
+            return self.registry.update_job(
+                job["id"], status=JobStatus.RUNNING, frames_done=0, frames_total=None
+            )
+
     def cancel(self, job_id: str) -> JobRecord | None:
         """Cancel a job: a queued one at once, a running one when it next looks.
 
@@ -270,8 +381,11 @@ class JobManager:
             for job_id in unstopped:
                 await asyncio.to_thread(self.registry.update_job, job_id, status=JobStatus.QUEUED)
                 _logger.warning("job %s: did not stop in time; queued for the next start", job_id)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._live_tasks:
+            await asyncio.wait(set(self._live_tasks), timeout=self.settings.shutdown_timeout_s)
+        for executor in (self._executor, self._live_executor):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
         if self._client is not None:
             await self._client.close()
 
@@ -284,8 +398,10 @@ class JobManager:
             job = await asyncio.to_thread(self._take, job_id)
             if job is None:
                 del self._cancel[job_id]
+            elif self._client is None:
+                await self._run(job, flag, functools.partial(self._convert_here, job, flag))
             else:
-                await self._run(job, flag)
+                await self._run(job, flag, functools.partial(self._convert_on_cluster, job, flag))
 
     def _take(self, job_id: str) -> JobRecord | None:
         """Mark a queued job ``running``; ``None`` if it is no longer queued (cancelled).
@@ -298,7 +414,12 @@ class JobManager:
                 return None
             return self.registry.update_job(job_id, status=JobStatus.RUNNING, frames_done=0)
 
-    async def _run(self, job: JobRecord, flag: threading.Event) -> None:
+    async def _run(
+        self,
+        job: JobRecord,
+        flag: threading.Event,
+        convert: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> None:
         from stemcast.convert.run import Cancelled
 
         job_id = job["id"]
@@ -307,10 +428,12 @@ class JobManager:
         began = time.monotonic()
         outputs: dict[str, str] = {}
         try:
-            if self._client is None:
-                result = await self._convert_here(job, flag)
-            else:
-                result = await self._convert_on_cluster(job, flag)
+            result = await convert()
+        except RunNotConverted as error:
+            job = await asyncio.to_thread(
+                update, job_id, status=JobStatus.CANCELLED, error=error.problem
+            )
+            _logger.info("job %s: %s", job_id, error.problem)
         except Cancelled:
             # Stopped by the service stopping, not by a request: it resumes at the next start.
             resumed = self._stopping and job_id not in self._cancelled
@@ -336,6 +459,7 @@ class JobManager:
                 frames_total=result["frames"],
                 outputs=result["outputs"],
                 bytes_written=result["bytes_written"],
+                navigation_shape=job["navigation_shape"] or result["navigation_shape"],
             )
             _logger.info("job %s done: %s", job_id, ", ".join(map(str, result["outputs"].values())))
         finally:
@@ -392,6 +516,49 @@ class JobManager:
                 path=job["source"],
             ) from None
         finally:
+            control.close()
+
+    async def _convert_live(
+        self, job: JobRecord, live: LiveJob, flag: threading.Event
+    ) -> dict[str, Any]:
+        from stemcast.convert.run import Cancelled
+
+        assert self._live_executor is not None
+        control = live.control
+        try:
+            running = asyncio.wrap_future(
+                self._live_executor.submit(
+                    convert_live_in_worker,
+                    str(control.folder),
+                    job["source"],
+                    job["targets"],
+                    job["output_dir"],
+                    options=job["options"],
+                    relative_to=job["relative_to"],
+                )
+            )
+            while True:
+                finished, _ = await asyncio.wait({running}, timeout=_LIVE_PROGRESS_INTERVAL_S)
+                if flag.is_set():
+                    control.cancel()
+                done, total = control.progress()
+                live.written = done
+                await self._record_progress(job["id"], done, total)
+                if finished:
+                    return running.result()
+        except BrokenProcessPool:
+            assert self._live_executor is not None
+            self._live_executor.shutdown(wait=False, cancel_futures=True)
+            self._live_executor = worker_pool(self.settings.live_conversions)
+            if flag.is_set() and self._stopping:
+                raise Cancelled("the service stopped") from None
+            raise WorkerDied(
+                "the live conversion process ended without finishing (it crashed or was "
+                "killed): nothing appeared under an output's name",
+                path=job["source"],
+            ) from None
+        finally:
+            await live.close()
             control.close()
 
     async def _convert_on_cluster(self, job: JobRecord, flag: threading.Event) -> dict[str, Any]:

@@ -85,6 +85,19 @@ class JobControl:
         """Ask the worker to stop after its current batch."""
         (self.folder / "cancel").touch()
 
+    def tell(self, state: str) -> None:
+        """Replace the ``state.json`` a live job's worker reads (:mod:`.live`)."""
+        staged = self.folder / "state.new"
+        staged.write_text(state)
+        os.replace(staged, self.folder / "state.json")
+
+    @staticmethod
+    def report(folder: Path, done: int, total: int) -> None:
+        """Write a worker's progress into its control folder ``folder`` (atomically)."""
+        staged = folder / "progress.new"
+        staged.write_text(f"{done} {total}")
+        os.replace(staged, folder / "progress")
+
     def progress(self) -> tuple[int, int | None]:
         """Return the frames converted and the frames to convert, as last reported."""
         try:
@@ -128,9 +141,7 @@ def convert_in_worker(
     cancel = folder / "cancel"
 
     def report(done: int, total: int) -> None:
-        staged = folder / "progress.new"
-        staged.write_text(f"{done} {total}")
-        os.replace(staged, folder / "progress")
+        JobControl.report(folder, done, total)
 
     result = convert_run(
         source,

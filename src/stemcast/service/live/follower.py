@@ -7,7 +7,10 @@ at its own pace.
 
 A run ends when the frame count its ``.hdr`` announced is reached (complete), when the next
 run starts in the same directory, when its files stop growing for the idle timeout
-(interrupted), when its files turn out corrupt or vanish (failed), or when the service stops.
+(interrupted), or when its files turn out corrupt or vanish (failed). When the service stops,
+a run that has not ended stays ``following`` in the registry, without a ``series_end``: the
+next start resumes it under the same series id (``resumed``), reading it again from its
+files, so that its clients and its outputs continue where they were.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stemcast.batch import FrameBatch
 from stemcast.errors import StemcastError
@@ -31,6 +34,9 @@ from stemcast.service.live.tail import FollowedRun, series_fields
 from stemcast.service.metrics import Metrics
 from stemcast.service.state.records import RunStatus
 from stemcast.service.state.registry import Registry
+
+if TYPE_CHECKING:
+    from stemcast.service.jobs.live import LiveJob
 
 __all__ = ["RunFollower"]
 
@@ -58,9 +64,9 @@ class RunFollower:
         how it ended.
     watch_root
         The watched folder the run was found in.
-    ended
-        Awaited with the follower once the run has ended and is recorded, before its
-        ``series_end`` is published (the service requests its conversion there).
+    started
+        Awaited with the follower once the run is recorded, before its first frame is read:
+        the service starts the run's live conversion there (setting :attr:`live`).
     metrics
         Where to count the frames and bytes read, the read-and-decode time of each batch,
         and how far the run's reading is behind the camera.
@@ -75,8 +81,9 @@ class RunFollower:
         *,
         registry: Registry | None = None,
         watch_root: str | None = None,
-        ended: Callable[[RunFollower], Awaitable[None]] | None = None,
+        started: Callable[[RunFollower], Awaitable[None]] | None = None,
         metrics: Metrics | None = None,
+        resume: str | None = None,
     ) -> None:
         self.source = source
         self.metrics = metrics
@@ -88,7 +95,10 @@ class RunFollower:
         self.stopping = stopping
         self.registry = registry
         self.watch_root = watch_root
-        self.ended = ended
+        self.started = started
+        self.resumed = resume is not None
+        #: The run's live conversion, once :attr:`started` began it.
+        self.live: LiveJob | None = None
         self.reason = ""
         #: The scan shape the frames fill, once the run has ended.
         self.filled: tuple[int, ...] | None = None
@@ -98,7 +108,7 @@ class RunFollower:
         self.published = 0
         self.status: RunStatus | None = None
         self._ahead: asyncio.Task[FrameBatch] | None = None
-        self.state = SeriesState(str(uuid.uuid4()), series_fields(source))
+        self.state = SeriesState(resume or str(uuid.uuid4()), series_fields(source))
         self.navigation = NavigationTracker(
             user=settings.navigation_shape,
             hdr_shape=source.hdr_shape,
@@ -139,14 +149,19 @@ class RunFollower:
             How the run ended: complete, interrupted or failed.
         """
         _logger.info(
-            "run %s: following %s (%s, %s frames of %s)",
+            "run %s: %s %s (%s, %s frames of %s)",
             self.state.series,
+            "resuming" if self.resumed else "following",
             self.path,
             self.source.detector,
             self.source.frames_expected or "an unknown number of",
             "x".join(map(str, self.source.frame_shape)),
         )
-        if self.registry is not None:
+        if self.registry is not None and self.resumed:
+            await asyncio.to_thread(
+                self.registry.update_run, self.state.series, sources=self.source.files
+            )
+        elif self.registry is not None:
             fields = self.state.fields
             await asyncio.to_thread(
                 self.registry.add_run,
@@ -159,21 +174,27 @@ class RunFollower:
                 frames_expected=fields["frames_expected"],
                 watch_root=self.watch_root,
             )
+        if self.started is not None:
+            await self.started(self)
         self._report_lag()
         self.publisher.series(self.state, self.entry)
         try:
-            status, reason = await self._follow()
+            ended = await self._follow()
         except (StemcastError, OSError) as error:
-            status, reason = RunStatus.FAILED, str(error)
-            _logger.error("run %s failed: %s: %s", self.state.series, self.path, reason)
+            ended = RunStatus.FAILED, str(error)
+            _logger.error("run %s failed: %s: %s", self.state.series, self.path, ended[1])
         finally:
             if self._ahead is not None:
                 self._ahead.cancel()
                 await asyncio.gather(self._ahead, return_exceptions=True)
-        await self._end(status, reason)
-        return status
+        if ended is None:
+            await self._leave()
+            return RunStatus.FOLLOWING
+        await self._end(*ended)
+        return ended[0]
 
-    async def _follow(self) -> tuple[RunStatus, str]:
+    async def _follow(self) -> tuple[RunStatus, str] | None:
+        """Read the run to its end: how it ended, or ``None`` when the service stops first."""
         settings = self.settings
         expected = self.source.frames_expected
         last_growth = last_rescan = time.monotonic()
@@ -189,10 +210,10 @@ class RunFollower:
                 if expected is not None and self.published >= expected:
                     return RunStatus.COMPLETE, f"all {expected} frames announced by the .hdr"
                 if self.stopping.is_set():
-                    return RunStatus.INTERRUPTED, "the service stopped"
+                    return None
                 continue
             if self.stopping.is_set():
-                return RunStatus.INTERRUPTED, "the service stopped"
+                return None
             now = time.monotonic()
             idle = now - last_growth >= settings.idle_timeout_s
             if final_look and (idle or self.superseded.is_set()):
@@ -280,12 +301,31 @@ class RunFollower:
         ]
         self.publisher.frames(self.state, self.entry, batch, per_frame)
         self.published = batch.stop
+        if self.live is not None:
+            self.live.advance(self.published, self.navigation.scan)
         now = time.monotonic()
         if self.registry is not None and now - self._recorded_at >= _RECORD_INTERVAL_S:
             await asyncio.to_thread(
                 self.registry.update_run, self.state.series, frames=self.published
             )
             self._recorded_at = now
+
+    async def _leave(self) -> None:
+        """Leave a run that has not ended ``following``, for the next start to resume."""
+        if self.metrics is not None:
+            self.metrics.tail_finished(self.state.series)
+        if self.registry is not None:
+            await asyncio.to_thread(
+                self.registry.update_run,
+                self.state.series,
+                frames=self.published,
+                sources=self.source.files,
+            )
+        _logger.info(
+            "run %s: left at frame %d as the service stops; the next start resumes it",
+            self.state.series,
+            self.published,
+        )
 
     async def _end(self, status: RunStatus, reason: str) -> None:
         self.status, self.reason = status, reason
@@ -315,8 +355,8 @@ class RunFollower:
                 nav_evidence=scan.evidence.value,
                 nav_detail=scan.detail,
             )
-        if self.ended is not None:
-            await self.ended(self)
+        if self.live is not None:
+            self.live.finish(status.value, self.published, filled, reason)
         self.publisher.series_end(self.state, self.entry, fields)
         _logger.info(
             "run %s %s: %s, %d frames, scan %s from %s (%s)",

@@ -542,6 +542,7 @@ class Registry:
         outputs: dict[str, str] | None = None,
         bytes_written: int | None = None,
         error: str | None = None,
+        navigation_shape: list[int] | None = None,
     ) -> JobRecord:
         """Change the given fields of a job; the others keep their values.
 
@@ -565,6 +566,8 @@ class Registry:
             Bytes written to the outputs so far.
         error
             Why the job failed.
+        navigation_shape
+            The scan shape written, once known (a live conversion learns it as the run goes).
 
         Returns
         -------
@@ -585,6 +588,7 @@ class Registry:
             "outputs": _encode(outputs, "outputs"),
             "bytes_written": _count(bytes_written, "bytes_written"),
             "error": error,
+            "navigation_shape": _encode(navigation_shape, "navigation_shape"),
         }
         with self._lock, self._transaction() as connection:
             _update(connection, "jobs", job_id, changes, _JOB_ENDED, start_state=JobStatus.RUNNING)
