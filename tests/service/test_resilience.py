@@ -1,4 +1,4 @@
-"""A bad run fails alone; SIGTERM stops cleanly; the preview channel never slows the data."""
+"""A bad run fails alone; a restart resumes the run; the preview channel never slows the data."""
 
 from __future__ import annotations
 
@@ -8,14 +8,30 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zmq
-from live import Daemon, Receiver, Series, daemons, wait_for
+from live import Daemon, Receiver, Series, call, daemons, wait_for, wait_until
 
 from stemcast.client import Frame, SeriesEnd, Subscriber
 from stemcast.simulate import simulate_mib
+
+
+def read_mib(path: Path) -> np.ndarray:
+    """A simulated 40 x 20 scan as rosettasciio reads it."""
+    from rsciio.quantumdetector import file_reader
+
+    [signal_dict] = file_reader(str(path), navigation_shape=(40, 20))
+    return np.asarray(signal_dict["data"])
+
+
+def read_emd(path: Path) -> np.ndarray:
+    from rsciio.emd import file_reader
+
+    [signal_dict] = file_reader(str(path))
+    return np.asarray(signal_dict["data"])
 
 
 @pytest.fixture
@@ -48,33 +64,64 @@ def test_corrupt_and_vanishing_runs_fail_while_others_go_on(
     assert "failed" in log
 
 
-def test_sigterm_finishes_the_batch_and_exits_cleanly(
-    daemon: Callable[..., Daemon], tmp_path: Path
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_restarted_service_resumes_the_run_for_its_clients_and_outputs(
+    daemon: Callable[..., Daemon], tmp_path: Path, stop: signal.Signals
 ) -> None:
-    service = daemon()
+    flags = ("--output", str(tmp_path / "out"), "--convert", "emd")
+    service = daemon(*flags)
+    camera = tmp_path / "camera"
     writer = threading.Thread(
         target=simulate_mib,
-        args=(tmp_path / "camera",),
-        kwargs={"name": "long", "scan_shape": (40, 20), "frame_size": 32, "fps": 500},
+        args=(camera,),
+        kwargs={"name": "long", "scan_shape": (40, 20), "frame_size": 32, "fps": 200},
     )
     writer.start()
-    frames = 0
-    with Subscriber(service.data, timeout_s=20) as subscriber:
+    indices: list[int] = []
+    frames: list[np.ndarray] = []
+
+    def keep(subscriber: Subscriber, until: int | None) -> dict[str, Any] | None:
         for event in subscriber:
             if isinstance(event, Frame):
-                frames += 1
-                if frames == 100:
-                    service.process.send_signal(signal.SIGTERM)
+                indices.append(event.index)
+                frames.append(event.data.copy())
+                if len(indices) == until:
+                    return None
             elif isinstance(event, SeriesEnd):
-                end = event.header
-                break
-    assert service.process.wait(10) == 0
+                return event.header
+        return None
+
+    with Subscriber(service.data, start="run", timeout_s=20) as subscriber:
+        keep(subscriber, until=100)
+        service.process.send_signal(stop)
+        position = subscriber.position
+    assert position is not None
+    assert position[1] == 100
+    assert service.process.wait(10) == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
+    if stop == signal.SIGTERM:
+        log = service.log_text()
+        assert "Traceback" not in log
+        assert "the next start resumes it" in log
+    restarted = daemon(*flags)
+    with Subscriber(restarted.data, start=position, timeout_s=20) as subscriber:
+        end = keep(subscriber, until=None)
     writer.join()
-    assert end["status"] == "interrupted"
-    assert end["reason"] == "the service stopped"
-    assert end["frames"] == frames
-    assert 100 <= frames < 800
-    assert "Traceback" not in service.log_text()
+    assert end is not None
+    assert end["series"] == position[0]
+    assert (end["status"], end["frames"]) == ("complete", 800)
+    assert indices == list(range(800))
+    source = camera / "long.mib"
+    expected = read_mib(source)
+    np.testing.assert_array_equal(np.stack(frames), expected.reshape(800, 32, 32))
+    assert restarted.http is not None
+    run = wait_until(
+        lambda: call("GET", f"{restarted.http}/runs/{position[0]}")[1],
+        lambda run: [job["status"] for job in run["jobs"]] == ["done"],
+    )
+    assert run["status"] == "complete"
+    output = tmp_path / "out" / "camera" / "long.emd"
+    np.testing.assert_array_equal(read_emd(output), expected)
+    assert sorted(os.listdir(output.parent)) == ["long.emd"]
 
 
 def test_a_stalled_preview_subscriber_never_slows_the_data_channel(

@@ -353,13 +353,19 @@ def _os_reason(error: OSError) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: a zombie (killed, not yet reaped) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # running, as another user
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 def _prepare_folder(path: Path) -> None:
