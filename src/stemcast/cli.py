@@ -446,8 +446,10 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
             counter_depth=args.depth,
             fps=args.fps,
         )
+        last_frame = time.monotonic()
         end, sums, seconds, latencies = await receiving
         job = await _conversion_of(service, end["series"])
+        final_after = time.monotonic() - last_frame
     finally:
         subscriber.close()
         service.stop()
@@ -473,7 +475,10 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
             for path in job["outputs"].values()
         )
         folder = Path(next(iter(job["outputs"].values()))).parent
-        print(f"converted  {outputs} in {job['duration_s']:.1f} s, into {folder}")
+        print(
+            f"converted  {outputs}, written while the camera wrote, final "
+            f"{final_after:.2f} s after its last frame, into {folder}"
+        )
     if len(shape) == 2:
         image = np.asarray(sums[: shape[0] * shape[1]]).reshape(shape[1], shape[0])
         print(
@@ -500,7 +505,7 @@ async def _conversion_of(service: Any, run_id: str, timeout_s: float = 120.0) ->
         if jobs and jobs[0]["status"] in (JobStatus.FAILED, JobStatus.CANCELLED):
             print(f"conversion {jobs[0]['status']}: {jobs[0]['error']}", file=sys.stderr)
             return None
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.02)
     print(f"conversion: not done after {timeout_s:g} s", file=sys.stderr)
     return None
 

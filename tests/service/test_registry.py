@@ -275,27 +275,6 @@ def test_finished_paths_are_every_file_of_ended_runs(registry: Registry) -> None
     }
 
 
-def test_abandon_following_ends_only_runs_left_following(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite3"
-    with Registry(path) as previous:
-        add_run(previous, "done")
-        previous.update_run("done", status="complete")
-        add_run(previous, "first")
-        add_run(previous, "second")
-    with Registry(path) as registry:
-        abandoned = registry.abandon_following("the service stopped while following it")
-        assert [run["id"] for run in abandoned] == ["first", "second"]
-        assert abandoned == [registry.run("first"), registry.run("second")]
-        for run in abandoned:
-            assert run["status"] == "abandoned"
-            assert run["reason"] == "the service stopped while following it"
-            assert parse_time(run["ended_at"]) >= parse_time(run["started_at"])
-        done = registry.run("done")
-        assert done is not None
-        assert (done["status"], done["reason"]) == ("complete", None)
-        assert registry.abandon_following("again") == []
-
-
 def test_job_by_key_finds_live_jobs_and_lets_failed_ones_be_requested_again(
     registry: Registry,
 ) -> None:

@@ -384,44 +384,6 @@ class Registry:
             paths.update(json.loads(row["sources"]))
         return paths
 
-    def abandon_following(self, reason: str) -> list[RunRecord]:
-        """Mark the runs still ``following`` as ``abandoned``, for a service starting up.
-
-        A run is still ``following`` at start-up only when the previous process died while
-        following it.
-
-        Parameters
-        ----------
-        reason
-            Recorded as each run's ``reason``.
-
-        Returns
-        -------
-        list of dict
-            The runs abandoned, as they are now, oldest first.
-        """
-        with self._lock, self._transaction() as connection:
-            ids = [
-                row["id"]
-                for row in connection.execute(
-                    "SELECT id FROM runs WHERE status = ? ORDER BY seq", (RunStatus.FOLLOWING,)
-                )
-            ]
-            for run_id in ids:
-                _update(
-                    connection,
-                    "runs",
-                    run_id,
-                    {"status": RunStatus.ABANDONED, "reason": reason},
-                    _RUN_ENDED,
-                    start_state=None,
-                )
-            rows = [
-                connection.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-                for run_id in ids
-            ]
-        return [_run_dict(row) for row in rows]
-
     def count_runs(self) -> dict[str, int]:
         """Return the number of runs in each state (every state present, 0 if none)."""
         return self._count("runs", RunStatus)
