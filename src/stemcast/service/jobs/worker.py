@@ -33,6 +33,9 @@ __all__ = ["JobControl", "WorkerDied", "convert_in_worker", "worker_pool"]
 
 #: Seconds between two progress reports of a worker.
 _PROGRESS_INTERVAL_S = 0.2
+#: Scheduling priority of the workers below the service's: on a busy machine the runs being
+#: followed and their clients come first, conversions take the time left.
+_NICENESS = 10
 #: ``prctl`` option: the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
 
@@ -62,11 +65,12 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def _prepare_worker() -> None:
-    """Die with the service, and leave SIGINT and SIGTERM to it.
+    """Yield the processor to the service, die with it, and leave SIGINT and SIGTERM to it.
 
     A terminal's Ctrl-C and systemd's stop reach every process of the group; the service
     answers them by cancelling its jobs through their control folders, which requeues them.
     """
+    os.nice(_NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
