@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from live import Daemon, Drain, Receiver, call, daemons, wait_until
+from rsciio.blockfile import file_reader as read_blockfile
 from rsciio.emd import file_reader as read_emd
 from rsciio.tvips import file_reader as read_tvips
 
@@ -20,6 +21,7 @@ from stemcast.simulate import simulate_tvips
 #: Seconds within which a run whose end its data tell has ended after the camera's last
 #: frame, while the idle timeout is a minute: generous for a loaded two-core machine.
 PROMPT_S = 5.0
+TOKEN = "tvips-tests-token"
 
 
 @pytest.fixture
@@ -178,8 +180,10 @@ def converted(service: Daemon, run_id: str) -> dict[str, Any]:
 def test_a_rotator_scan_converted_live_equals_the_offline_conversion(
     daemon: Callable[..., Daemon], tmp_path: Path, before: int
 ) -> None:
+    (tmp_path / "token").write_text(TOKEN)
     service = daemon(
-        "--idle-timeout", "60", "--output", str(tmp_path / "out"), "--convert", "emd"
+        "--idle-timeout", "60", "--output", str(tmp_path / "out"), "--convert", "emd",
+        "--token-file", str(tmp_path / "token"),
     )  # fmt: skip
     drain = Drain(service.data)
     try:
@@ -200,5 +204,20 @@ def test_a_rotator_scan_converted_live_equals_the_offline_conversion(
     # with that start and shape (its automatic mode cannot read an index that drops to 0).
     [reference] = read_tvips(str(paths[0]), scan_shape=(32, 32), scan_start_frame=before)
     np.testing.assert_array_equal(live, reference["data"])
-    offline = convert_run(paths[0], "emd", tmp_path / "offline")
+    offline = convert_run(paths[0], "emd,blockfile", tmp_path / "offline")
     np.testing.assert_array_equal(live, read_emd(offline.outputs["emd"])[0]["data"])
+    # A conversion asked for later finds the same grid.
+    assert service.http is not None
+    url = f"{service.http}/runs/{end['series']}/convert"
+    status, asked = call("POST", url, {"targets": ["blockfile"]}, token=TOKEN)
+    assert status == 202, asked
+    done = wait_until(
+        lambda: call("GET", f"{service.http}/jobs/{asked['id']}")[1],
+        lambda job: job["status"] in ("done", "failed", "cancelled"),
+        30.0,
+    )
+    assert done["status"] == "done", done
+    np.testing.assert_array_equal(
+        read_blockfile(done["outputs"]["blockfile"])[0]["data"],
+        read_blockfile(offline.outputs["blockfile"])[0]["data"],
+    )
