@@ -8,6 +8,7 @@ test_live_tvips.py.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from live import Daemon, Receiver, call, daemons
+from live import Daemon, Receiver, call, daemons, wait_until
 
+from stemcast.client import SeriesStart, Subscriber
 from stemcast.readers.mib import file_reader
 from stemcast.service.live.navigation import NavigationTracker
 from stemcast.shape import Evidence
@@ -212,3 +214,33 @@ def test_a_merlin_run_without_hdr_that_stops_growing_ends_complete(
     assert series.end["nav_shape"] == [8, 6]
     assert series.end["nav_evidence"] == "timestamps"
     np.testing.assert_array_equal(np.stack(series.frames), offline(path).reshape(48, 32, 32))
+
+
+def test_a_shape_found_mid_run_is_shown_while_the_run_is_followed(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    service = daemon("--idle-timeout", "60")
+    assert service.http is not None
+    camera = threading.Thread(
+        target=simulate_mib,
+        args=(tmp_path / "camera",),
+        kwargs={"name": "slow", "scan_shape": (10, 30), "frame_size": 32, "fps": 100},
+    )
+    camera.start()
+    try:
+        # The .hdr has the frame count but no scan size: the width is seen in the timestamps.
+        [run] = wait_until(
+            lambda: call("GET", f"{service.http}/runs")[1]["runs"],
+            lambda runs: len(runs) == 1 and runs[0]["nav_evidence"] == "timestamps",
+        )
+        assert run["status"] == "following"
+        assert run["nav_shape"] == [10, 30]
+        # A client joining now gets the shape in the series header.
+        late = Subscriber(service.data, start="run", timeout_s=20)
+        with late:
+            start = late.receive()
+        assert isinstance(start, SeriesStart)
+        assert start.header["nav_shape"] == [10, 30]
+        assert start.header["nav_evidence"] == "timestamps"
+    finally:
+        camera.join()
