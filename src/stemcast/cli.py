@@ -277,6 +277,14 @@ def _simulate(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     if args.format == "mib":
+        tvips_only = {
+            "--no-scan-engine": not args.scan_engine,
+            "--frames-before-scan": args.frames_before_scan,
+            "--frames-after-scan": args.frames_after_scan,
+        }
+        used = [flag for flag, value in tvips_only.items() if value]
+        if used:
+            raise ParameterError(f"{', '.join(used)}: TVIPS options", parameter="format")
         paths = simulate_mib(
             args.directory,
             counter_depth=args.depth,
@@ -291,7 +299,13 @@ def _simulate(args: argparse.Namespace) -> int:
         if args.quad or args.raw:
             raise ParameterError("--quad and --raw are Merlin options", parameter="format")
         paths = simulate_tvips(
-            args.directory, bits=args.depth, max_file_size=args.max_file_size, **common
+            args.directory,
+            bits=args.depth,
+            max_file_size=args.max_file_size,
+            scan_engine=args.scan_engine,
+            frames_before_scan=args.frames_before_scan,
+            frames_after_scan=args.frames_after_scan,
+            **common,
         )
     print("\n".join(map(str, paths)))
     return 0
@@ -755,6 +769,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="LINES",
         help="draw this many lines of patterns and repeat them (fast cameras)",
+    )
+    simulate.add_argument(
+        "--no-scan-engine",
+        dest="scan_engine",
+        action="store_false",
+        help="TVIPS: no rotator index nor scan positions in the frame headers",
+    )
+    simulate.add_argument(
+        "--frames-before-scan",
+        type=int,
+        default=0,
+        metavar="N",
+        help="TVIPS: frames recorded before the scan starts (rotator index 0)",
+    )
+    simulate.add_argument(
+        "--frames-after-scan",
+        type=int,
+        default=0,
+        metavar="N",
+        help="TVIPS: frames recorded after the scan ends (rotator index back to 0)",
     )
     simulate.add_argument("--seed", type=int, default=0, help="random seed")
     simulate.set_defaults(handler=_simulate)

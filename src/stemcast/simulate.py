@@ -171,6 +171,20 @@ def _prefetched(lines: Iterator[npt.NDArray[np.uint32]]) -> Iterator[npt.NDArray
         worker.join()
 
 
+def _parked(
+    lines: Iterator[npt.NDArray[np.uint32]], before: int, after: int
+) -> Iterator[npt.NDArray[np.uint32]]:
+    """Add the frames a camera records while the beam waits at the first and last position."""
+    last: npt.NDArray[np.uint32] | None = None
+    for line in lines:
+        if last is None and before:
+            yield np.repeat(line[:1], before, axis=0)
+        last = line
+        yield line
+    if last is not None and after:
+        yield np.repeat(last[-1:], after, axis=0)
+
+
 def _paced(
     lines: Iterator[npt.NDArray[np.uint32]], fps: float, flyback_s: float, limit: int | None
 ) -> Iterator[npt.NDArray[np.uint32]]:
@@ -337,11 +351,15 @@ def simulate_tvips(
     snake: bool = False,
     pattern_pool: int = 0,
     seed: int = 0,
+    scan_engine: bool = True,
+    frames_before_scan: int = 0,
+    frames_after_scan: int = 0,
 ) -> list[Path]:
     """Write a rolling TVIPS series as the camera does: ``NAME_000.tvips``, ``_001``, ...
 
     The frame headers (version 2, with room for scan positions) carry the rotator index of
-    each scan position, as a TVIPS scan engine reports it.
+    each scan position and the position itself, as a TVIPS scan engine reports them: the
+    1-based position during the scan, 0 before and after it.
 
     Parameters
     ----------
@@ -363,18 +381,31 @@ def simulate_tvips(
         Start a new part when a file would grow beyond this many bytes.
     flyback_frames, snake, pattern_pool, seed
         See :func:`scan_frames`.
+    scan_engine
+        Whether a scan engine reports the scan in the frame headers; without one the rotator
+        index and scan positions are 0 in every frame.
+    frames_before_scan, frames_after_scan
+        Frames recorded before the scan starts and after it ends, with the beam at the first
+        and the last position (they repeat its pattern).
 
     Returns
     -------
     list of pathlib.Path
-        The parts written.
+        The parts written (``interrupt_after`` counts the frames before the scan too).
     """
     from stemcast.formats.tvips.run import EXTENSION, part_path
     from stemcast.formats.tvips.writer import TvipsWriter
 
     if bits not in (8, 16):
         raise ParameterError(f"{bits}: TVIPS cameras write 8 or 16 bits", parameter="bits")
+    for value, parameter in (
+        (frames_before_scan, "frames_before_scan"),
+        (frames_after_scan, "frames_after_scan"),
+    ):
+        if value < 0:
+            raise ParameterError(f"{value} is negative", parameter=parameter)
     width = scan_shape[0] + flyback_frames
+    positions = width * scan_shape[1]
     frame_shape = (frame_size, frame_size)
     lines = scan_frames(
         scan_shape,
@@ -396,16 +427,24 @@ def simulate_tvips(
         scan_shape=(scan_shape[1], width),
         start_time=datetime.now(UTC),
     )
+    frames = _parked(lines, frames_before_scan, frames_after_scan)
     written = 0
     try:
-        for batch in _paced(lines, fps, 0.0, interrupt_after):
-            writer.write(batch.astype(dtype))
+        for batch in _paced(frames, fps, 0.0, interrupt_after):
+            position = np.arange(written, written + len(batch)) - frames_before_scan
+            scanning = scan_engine & (position >= 0) & (position < positions)
+            writer.write(
+                batch.astype(dtype),
+                rotidx=np.where(scanning, position + 1, 0),
+                scan_x=np.where(scanning, position % width, 0),
+                scan_y=np.where(scanning, position // width, 0),
+            )
             written += len(batch)
     finally:
         # Committed, not aborted, whatever stopped the run: like a camera that stops, the
         # simulator leaves the parts written so far.
         writer.commit()
-    if interrupt_after is not None and written < width * scan_shape[1]:
+    if interrupt_after is not None and written < frames_before_scan + positions + frames_after_scan:
         # The camera stopped while writing the next frame: half a record stays behind.
         with open(writer.paths[-1], "ab") as stream:
             stream.write(bytes(writer.layout.record_size // 2))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stemcast import simulate
+from stemcast.cli import main
 from stemcast.errors import ParameterError
 from stemcast.readers.mib import MibRun
 from stemcast.readers.tvips import TvipsSeries
@@ -83,3 +84,45 @@ def test_a_tvips_simulation_stopped_by_ctrl_c_keeps_the_parts_written(
     with pytest.raises(KeyboardInterrupt):
         simulate_tvips(tmp_path, scan_shape=(4, 4), frame_size=32, bits=8, max_file_size=5000)
     assert TvipsSeries.open(tmp_path / "scan_000.tvips").frames == 12
+
+
+def _headers(path: Path) -> np.ndarray:
+    series = TvipsSeries.open(path)
+    return next(series.batches(0, series.frames, batch_frames=series.frames)).headers
+
+
+def test_a_tvips_scan_engine_reports_the_scan_between_frames_before_and_after_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The simulate command, as a user runs it (in this process: its output is the parts).
+    status = main([
+        "simulate", str(tmp_path), "--format", "tvips", "--scan", "3x2", "--frame-size", "16",
+        "--depth", "16", "--frames-before-scan", "2", "--frames-after-scan", "3",
+    ])  # fmt: skip
+    assert status == 0
+    [path] = [Path(line) for line in capsys.readouterr().out.split()]
+    headers = _headers(path)
+    # Spec: the rotator index is the 1-based scan position, 0 when not scanning.
+    assert headers["rotidx"].tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 0, 0, 0]
+    assert headers["scan_x"].tolist() == [0, 0, 0, 1, 2, 0, 1, 2, 0, 0, 0]
+    assert headers["scan_y"].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0]
+    frames = TvipsSeries.open(path).read_frames(range(11))
+    # The beam waits at the first position before the scan and at the last after it.
+    np.testing.assert_array_equal(frames[:2], frames[[2, 2]])
+    np.testing.assert_array_equal(frames[8:], frames[[7, 7, 7]])
+
+
+def test_a_tvips_camera_without_scan_engine_reports_no_scan(tmp_path: Path) -> None:
+    [path] = simulate_tvips(tmp_path, scan_shape=(3, 2), frame_size=16, scan_engine=False)
+    headers = _headers(path)
+    assert headers["rotidx"].tolist() == [0] * 6
+    assert not headers["scan_x"].any()
+    assert not headers["scan_y"].any()
+
+
+def test_tvips_scan_options_are_refused_for_merlin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["simulate", str(tmp_path), "--format", "mib", "--frames-after-scan", "2"]) == 2
+    assert "--frames-after-scan: TVIPS options" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -188,7 +188,8 @@ class ServiceSettings(BaseSettings):
     idle_timeout_s: float = Field(
         default=10.0,
         gt=0,
-        description="A run whose files stop growing for this long ends as interrupted.",
+        description="A run whose files stop growing for this long ends: complete, unless its "
+        "length was known and not reached or its scan is visibly cut short (interrupted).",
     )
     batch_bytes: int = Field(
         default=4 * 2**20,

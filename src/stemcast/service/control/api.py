@@ -172,7 +172,10 @@ async def convert_run(request: web.Request) -> web.Response:
         raise ApiError(409, f"run {run['id']} has no frame to convert")
     if not os.path.exists(run["path"]):
         raise ApiError(404, f"{run['path']}: the run's file is gone")
-    shape = run["nav_shape"] if run["nav_shape"] and len(run["nav_shape"]) == 2 else None
+    # A TVIPS scan found from the rotator index is not always the frames in order: the
+    # converter finds its grid in the files again.
+    shaped = run["nav_shape"] and len(run["nav_shape"]) == 2 and run["nav_evidence"] != "rotator"
+    shape = run["nav_shape"] if shaped else None
     return await _request(
         service,
         run["path"],

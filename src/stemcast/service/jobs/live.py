@@ -98,7 +98,9 @@ class LiveJob:
             )
         self._changed.set()
 
-    def finish(self, status: str, frames: int, navigation: tuple[int, ...], reason: str) -> None:
+    def finish(
+        self, status: str, frames: int, navigation: tuple[int, ...] | None, reason: str
+    ) -> None:
         """Say how the run ended (never waits).
 
         Parameters
@@ -108,7 +110,8 @@ class LiveJob:
         frames
             Frames of the run.
         navigation
-            The scan shape the frames fill (complete lines), or ``(n,)`` for a stack.
+            The scan shape the frames fill (complete lines), ``(n,)`` for a stack, or
+            ``None``: the conversion finds the scan in the files (TVIPS rotator index).
         reason
             Why it ended.
         """
@@ -116,7 +119,7 @@ class LiveJob:
             frames=frames,
             end={
                 "status": status,
-                "navigation": [int(size) for size in navigation],
+                "navigation": None if navigation is None else [int(size) for size in navigation],
                 "reason": reason,
             },
         )
@@ -216,7 +219,7 @@ def convert_live_in_worker(
             raise RunNotConverted(
                 f"the run ended {end['status']} ({end['reason']}): not converted", path=source
             )
-        filled = tuple(end["navigation"])
+        filled = tuple(end["navigation"] or ())
         filled_scan = conversion is not None and filled == tuple(state["scan"])
         if conversion is not None and filled_scan and conversion.written >= conversion.count:
             finished = conversion.finish(run.refresh(), progress=progress, cancelled=cancelled)

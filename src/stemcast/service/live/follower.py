@@ -5,12 +5,17 @@ preview channel, the registry and the metrics) and then makes it readable in the
 it never waits for a consumer, since every consumer reads the frames back from the files
 at its own pace.
 
-A run ends when the frame count its ``.hdr`` announced is reached (complete), when the next
-run starts in the same directory, when its files stop growing for the idle timeout
-(interrupted), or when its files turn out corrupt or vanish (failed). When the service stops,
-a run that has not ended stays ``following`` in the registry, without a ``series_end``: the
-next start resumes it under the same series id (``resumed``), reading it again from its
-files, so that its clients and its outputs continue where they were.
+A run ends by its data when the number of frames it holds is known: the ``.hdr`` count or
+scan size, the configured scan shape, or a TVIPS rotator index dropping back to 0 after the
+last position of its scan (that frame is the run's last). It ends ``complete`` as soon as its
+last frame arrives. Otherwise it ends when its files stop growing for the idle timeout or the
+next run starts in the same folder: ``complete`` (the reason says which), unless the scan is
+visibly cut short (frames missing from a known count, a last scan line of a known width not
+complete, a rotator index stopping within its scan, half a record at the end): then
+``interrupted``. Files that turn out corrupt or vanish end it ``failed``. When the service
+stops, a run that has not ended stays ``following`` in the registry, without a
+``series_end``: the next start resumes it under the same series id (``resumed``), reading it
+again from its files, so that its clients and its outputs continue where they were.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from stemcast.service.live.tail import FollowedRun, series_fields
 from stemcast.service.metrics import Metrics
 from stemcast.service.state.records import RunStatus
 from stemcast.service.state.registry import Registry
+from stemcast.shape import Evidence
 
 if TYPE_CHECKING:
     from stemcast.service.jobs.live import LiveJob
@@ -68,7 +74,7 @@ class RunFollower:
         Awaited with the follower once the run is recorded, before its first frame is read:
         the service starts the run's live conversion there (setting :attr:`live`).
     metrics
-        Where to count the frames and bytes read, the read-and-decode time of each batch,
+        Where to count the frames and bytes of the run, the read-and-decode time of each batch,
         and how far the run's reading is behind the camera.
     """
 
@@ -196,19 +202,20 @@ class RunFollower:
     async def _follow(self) -> tuple[RunStatus, str] | None:
         """Read the run to its end: how it ended, or ``None`` when the service stops first."""
         settings = self.settings
-        expected = self.source.frames_expected
+        navigation = self.navigation
         last_growth = last_rescan = time.monotonic()
         final_look = False
         while True:
             available = self.source.frames
-            if expected is not None:
-                available = min(available, expected)
+            if navigation.frames_expected is not None:
+                available = min(available, navigation.frames_expected)
             if self.published < available:
                 await self._publish(available)
                 last_growth = time.monotonic()
                 final_look = False
+                expected = navigation.frames_expected
                 if expected is not None and self.published >= expected:
-                    return RunStatus.COMPLETE, f"all {expected} frames announced by the .hdr"
+                    return RunStatus.COMPLETE, navigation.complete_reason
                 if self.stopping.is_set():
                     return None
                 continue
@@ -217,17 +224,7 @@ class RunFollower:
             now = time.monotonic()
             idle = now - last_growth >= settings.idle_timeout_s
             if final_look and (idle or self.superseded.is_set()):
-                if self.superseded.is_set():
-                    if expected is None:
-                        return RunStatus.COMPLETE, "the next run started"
-                    return (
-                        RunStatus.INTERRUPTED,
-                        f"the next run started after {self.published} of {expected} frames",
-                    )
-                return (
-                    RunStatus.INTERRUPTED,
-                    f"no new frame for {settings.idle_timeout_s:g} s",
-                )
+                return await self._stopped()
             if idle or self.superseded.is_set():
                 final_look = True
             else:
@@ -240,17 +237,32 @@ class RunFollower:
             await asyncio.to_thread(self.source.refresh, rescan=rescan)
             self._report_lag()
 
-    def _read(self, start: int, stop: int) -> asyncio.Task[FrameBatch]:
-        return asyncio.ensure_future(asyncio.to_thread(self._read_counted, start, stop))
+    async def _stopped(self) -> tuple[RunStatus, str]:
+        """How a run whose files stopped growing (or whose next run started) ended."""
+        if self.superseded.is_set():
+            why = "the next run started"
+        else:
+            why = f"files stopped growing for {self.settings.idle_timeout_s:g} s"
+        expected = self.navigation.frames_expected
+        if expected is not None:
+            return RunStatus.INTERRUPTED, f"{why} after {self.published} of {expected} frames"
+        short = self.navigation.cut_short(self.published)
+        if short is None and await asyncio.to_thread(self.source.trailing_bytes) > 0:
+            short = "its last record was left half written"
+        if short is not None:
+            return RunStatus.INTERRUPTED, f"{why}; the scan was cut short: {short}"
+        return RunStatus.COMPLETE, why
 
-    def _read_counted(self, start: int, stop: int) -> FrameBatch:
-        """Read and decode records ``start:stop``, counting them and timing the work."""
+    def _read(self, start: int, stop: int) -> asyncio.Task[FrameBatch]:
+        return asyncio.ensure_future(asyncio.to_thread(self._read_timed, start, stop))
+
+    def _read_timed(self, start: int, stop: int) -> FrameBatch:
+        """Read and decode records ``start:stop``, timing the work (counted once published)."""
         began = time.perf_counter()
         batch = self.source.read(start, stop)
         if self.metrics is not None:
             detector = self.source.detector
             self.metrics.decode_latency(detector, time.perf_counter() - began)
-            self.metrics.ingested(detector, len(batch), len(batch) * self.source.record_size)
         return batch
 
     def _report_lag(self) -> None:
@@ -289,7 +301,18 @@ class RunFollower:
             self._ahead = self._read(batch.stop, following)
         times = self.source.times_ns(batch)
         evidence = times if self.source.timestamps_show_lines else None
-        self.navigation.add(evidence, self.source.header_fields(batch))
+        found = self.navigation.add(evidence, self.source.header_fields(batch))
+        expected = self.navigation.frames_expected
+        if expected is not None and batch.stop > expected:
+            # The scan ended within the batch (its rotator index dropped): the rest is not
+            # part of the run.
+            keep = max(0, expected - batch.start)
+            batch = FrameBatch(batch.start, batch.frames[:keep], batch.headers[:keep])
+            times = None if times is None else times[:keep]
+        if self.metrics is not None:
+            self.metrics.ingested(
+                self.source.detector, len(batch), len(batch) * self.source.record_size
+            )
         exposure = self.source.exposure_ms(batch)
         per_frame = [
             {
@@ -301,14 +324,44 @@ class RunFollower:
         ]
         self.publisher.frames(self.state, self.entry, batch, per_frame)
         self.published = batch.stop
+        scan = self.navigation.scan
         if self.live is not None:
-            self.live.advance(self.published, self.navigation.scan)
+            # A scan found from the rotator index need not be the frames in order (frames
+            # before the scan, positions repeated or skipped): the conversion finds its grid.
+            rotator = scan is not None and scan.evidence is Evidence.ROTATOR
+            self.live.advance(self.published, None if rotator else scan)
+        if found:
+            await self._shape_found()
         now = time.monotonic()
         if self.registry is not None and now - self._recorded_at >= _RECORD_INTERVAL_S:
             await asyncio.to_thread(
                 self.registry.update_run, self.state.series, frames=self.published
             )
             self._recorded_at = now
+
+    async def _shape_found(self) -> None:
+        """Show the scan shape found mid-run in the series header and the registry."""
+        scan = self.navigation.scan
+        if scan is None:
+            return
+        fields = self._nav_fields()
+        self.entry.header.update(fields)
+        _logger.info(
+            "run %s: scan %s from %s (%s)",
+            self.state.series,
+            "x".join(str(size or "?") for size in scan.shape),
+            scan.evidence.value,
+            scan.detail,
+        )
+        if self.registry is not None:
+            await asyncio.to_thread(
+                self.registry.update_run,
+                self.state.series,
+                nav_shape=fields["nav_shape"],
+                nav_shape_intended=fields["nav_shape"],
+                nav_evidence=scan.evidence.value,
+                nav_detail=scan.detail,
+            )
 
     async def _leave(self) -> None:
         """Leave a run that has not ended ``following``, for the next start to resume."""
@@ -356,7 +409,9 @@ class RunFollower:
                 nav_detail=scan.detail,
             )
         if self.live is not None:
-            self.live.finish(status.value, self.published, filled, reason)
+            # The conversion finds the grid of a rotator scan in the files itself.
+            shown = None if scan.evidence is Evidence.ROTATOR else filled
+            self.live.finish(status.value, self.published, shown, reason)
         self.publisher.series_end(self.state, self.entry, fields)
         _logger.info(
             "run %s %s: %s, %d frames, scan %s from %s (%s)",

@@ -121,6 +121,10 @@ class FollowedRun(ABC):
         """Per-frame header fields that scan-shape inference uses (TVIPS rotator index)."""
         return {}
 
+    @abstractmethod
+    def trailing_bytes(self) -> int:
+        """Bytes after the last complete record: a record the camera has not finished."""
+
 
 class MibSource(FollowedRun):
     """A Merlin run: one growing ``.mib`` file or several, with its ``.hdr``."""
@@ -213,6 +217,11 @@ class MibSource(FollowedRun):
         """Return the run's exposure (Merlin keeps it for the whole acquisition)."""
         return self.run.first_header.exposure_ms
 
+    def trailing_bytes(self) -> int:
+        """Bytes of the last file after its complete records (looks at its size now)."""
+        last = self.run.segments[-1]
+        return os.path.getsize(last.path) - last.frames * self.run.record_size
+
 
 class TvipsSource(FollowedRun):
     """A rolling TVIPS series: ``NAME_000.tvips``, ``NAME_001.tvips``, ..."""
@@ -290,6 +299,10 @@ class TvipsSource(FollowedRun):
     def exposure_ms(self, batch: FrameBatch) -> float | None:
         """TVIPS frame headers do not record the exposure."""
         return None
+
+    def trailing_bytes(self) -> int:
+        """Bytes of an incomplete record at the end of the last part, at the last look."""
+        return self.run.partial_bytes
 
     def header_fields(self, batch: FrameBatch) -> dict[str, npt.NDArray[Any]]:
         """Rotator index, frame counter and scan positions, where the headers hold them."""
