@@ -173,8 +173,7 @@ class Metrics:
         )
         self.publish_duration = Histogram(
             "stemcast_publish_duration_seconds",
-            "Time to hand one batch of frames to the data channel (includes waiting for "
-            "consumers).",
+            "Time to read one batch of frames back from the files and hand it to one data client.",
             ["detector"],
             buckets=BATCH_BUCKETS_S,
             registry=registry,
@@ -310,14 +309,14 @@ class Metrics:
         self.decode_duration.labels(detector).observe(seconds)
 
     def publish_latency(self, detector: str, seconds: float) -> None:
-        """Record the time taken to hand one batch to the data channel.
+        """Record the time taken to read one batch back and hand it to one data client.
 
         Parameters
         ----------
         detector
             The camera.
         seconds
-            Duration of the send, including waits for consumers.
+            Duration of the read and the send.
         """
         self.publish_duration.labels(detector).observe(seconds)
 
