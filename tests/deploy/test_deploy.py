@@ -279,6 +279,21 @@ def test_promtool_accepts_the_prometheus_files(check: tuple[str, str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_alerts_fire_on_what_they_should_and_only_that() -> None:
+    """``alerts_test.yml`` feeds the rules series (stalled and catching-up clients and
+    writers, a tail falling behind) and says which alerts fire when."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not on PATH (it comes with the prometheus package)")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(Path(__file__).with_name("alerts_test.yml"))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # Grafana
 
 
@@ -371,6 +386,9 @@ def test_dashboard_shows_throughput_lag_latency_runs_and_conversions() -> None:
         "stemcast_registry_queue_depth",
         "stemcast_output_free_bytes",
         "stemcast_subscribers",
+        "stemcast_consumer_lag_frames",
+        "stemcast_consumer_lag_bytes",
+        "stemcast_consumer_lag_seconds",
     ):
         assert metric in queried, metric
 

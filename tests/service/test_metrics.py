@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from stemcast.errors import ParameterError
-from stemcast.service.metrics import Metrics
+from stemcast.service.metrics import ConsumerLag, Metrics
 
 Families = dict[str, tuple[str, list[Sample]]]
 
@@ -62,6 +62,9 @@ EXPECTED_FAMILIES = {
     "stemcast_registry_queue_depth": ("gauge", []),
     "stemcast_output_free_bytes": ("gauge", []),
     "stemcast_subscribers": ("gauge", ["channel"]),
+    "stemcast_consumer_lag_frames": ("gauge", ["kind", "name"]),
+    "stemcast_consumer_lag_bytes": ("gauge", ["kind", "name"]),
+    "stemcast_consumer_lag_seconds": ("gauge", ["kind", "name"]),
     "stemcast_build_info": ("gauge", ["python", "version"]),
 }
 
@@ -73,6 +76,7 @@ def test_every_metric_of_the_issue_is_exposed_with_its_type_and_labels() -> None
     metrics.bind_conversion_jobs(lambda: {"queued": 1})
     metrics.bind_registry_queue_depth(lambda: 0)
     metrics.bind_output_root(Path.cwd())
+    metrics.bind_consumers(lambda: [ConsumerLag("client", "0a1b", 1, 2, 0.5)])
     families = scrape(metrics)
     for name, (kind, labels) in EXPECTED_FAMILIES.items():
         assert name in families, name
@@ -275,9 +279,30 @@ def test_bound_counts_are_read_at_each_scrape() -> None:
     assert value(families, "stemcast_registry_queue_depth") == 0
 
 
+def test_consumer_lags_are_read_at_each_scrape_and_gone_consumers_have_no_series() -> None:
+    metrics = Metrics()
+    consumers = [
+        ConsumerLag("client", "0a1b", 249, 249 * 8192, 3.5),
+        ConsumerLag("writer", "run-1/emd", 0, 0, 0.0),
+    ]
+    metrics.bind_consumers(lambda: consumers)
+    families = scrape(metrics)
+    assert value(families, "stemcast_consumer_lag_frames", kind="client", name="0a1b") == 249
+    assert value(families, "stemcast_consumer_lag_bytes", kind="client", name="0a1b") == (
+        249 * 8192
+    )
+    assert value(families, "stemcast_consumer_lag_seconds", kind="client", name="0a1b") == 3.5
+    assert value(families, "stemcast_consumer_lag_frames", kind="writer", name="run-1/emd") == 0
+    consumers[:] = consumers[1:]
+    families = scrape(metrics)
+    assert value(families, "stemcast_consumer_lag_frames", kind="client", name="0a1b") is None
+    assert len(families["stemcast_consumer_lag_seconds"][1]) == 1
+
+
 def test_unbound_scrape_time_gauges_have_no_sample() -> None:
     families = scrape(Metrics())
     assert families["stemcast_runs"][1] == []
+    assert families["stemcast_consumer_lag_frames"][1] == []
     assert families["stemcast_registry_queue_depth"][1] == []
     assert families["stemcast_output_free_bytes"][1] == []
 
@@ -288,11 +313,16 @@ def test_a_failing_source_leaves_its_sample_out_and_the_rest_of_the_scrape_intac
     def broken() -> dict[str, int]:
         raise OSError("database is locked")
 
+    def no_consumers() -> list[ConsumerLag]:
+        raise RuntimeError("dictionary changed size during iteration")
+
     metrics = Metrics()
     metrics.bind_runs(broken)
+    metrics.bind_consumers(no_consumers)
     metrics.bind_registry_queue_depth(lambda: 4)
     families = scrape(metrics)
     assert families["stemcast_runs"][1] == []
+    assert families["stemcast_consumer_lag_frames"][1] == []
     assert value(families, "stemcast_registry_queue_depth") == 4
     assert "database is locked" in caplog.text
 

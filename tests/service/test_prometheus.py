@@ -13,7 +13,7 @@ import pytest
 from live import Receiver, daemons
 from prometheus import prometheus
 
-from stemcast.service.metrics import Metrics
+from stemcast.service.metrics import ConsumerLag, Metrics
 
 SCAN = (16, 16)
 FRAME_SIZE = 64
@@ -55,8 +55,13 @@ def test_prometheus_ingests_the_exposition_it_negotiates(
     for seconds in (0.002, 0.002, 0.002, 0.2):
         metrics.decode_latency("tvips", seconds)
     metrics.bind_runs(lambda: {"complete": 3, "interrupted": 1})
+    metrics.bind_consumers(lambda: [ConsumerLag("writer", "run-1/emd", 40, 40 * 8_192, 2.5)])
     with prometheus(tmp_path, [target]) as server:
         server.wait_for_value('stemcast_frames_ingested_total{detector="merlin"}', 256)
+        writer = '{kind="writer", name="run-1/emd"}'
+        assert server.value(f"stemcast_consumer_lag_frames{writer}") == 40
+        assert server.value(f"stemcast_consumer_lag_bytes{writer}") == 40 * 8_192
+        assert server.value(f"stemcast_consumer_lag_seconds{writer}") == 2.5
         assert server.value('stemcast_bytes_ingested_total{detector="merlin"}') == 256 * 8_576
         assert server.value('stemcast_runs{status="complete"}') == 3
         assert server.value('stemcast_frames_published_total{detector="tvips"}') == 0

@@ -29,6 +29,7 @@ from stemcast.service.config import ServiceSettings, http_bind_address
 from stemcast.service.jobs.manager import JobManager
 from stemcast.service.live.discovery import watch
 from stemcast.service.live.follower import RunFollower
+from stemcast.service.live.lag import consumer_lags
 from stemcast.service.live.publisher import Publisher
 from stemcast.service.live.tail import MibSource, NotReady, open_source, stem_of
 from stemcast.service.metrics import Metrics
@@ -318,6 +319,16 @@ async def _serve(
         )
         stack.push_async_callback(publisher.close)
         publisher.start()
+        metrics.bind_consumers(
+            lambda: consumer_lags(
+                publisher.data,
+                (
+                    (job["run_id"], job["targets"], live.written)
+                    for job, live in jobs.live_jobs()
+                    if job["run_id"] is not None
+                ),
+            )
+        )
         finished = await asyncio.to_thread(registry.finished_paths)
         service = Service(settings, publisher, registry, jobs, token, metrics, finished)
         await service.resume(resumed)

@@ -40,7 +40,7 @@ from stemcast import __version__
 from stemcast.errors import ParameterError
 from stemcast.service.state.records import JobStatus
 
-__all__ = ["BATCH_BUCKETS_S", "CONVERSION_BUCKETS_S", "Metrics"]
+__all__ = ["BATCH_BUCKETS_S", "CONVERSION_BUCKETS_S", "ConsumerLag", "Metrics"]
 
 _logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -77,6 +77,31 @@ class _Lag:
         if self.since is None:
             return self.seconds_behind
         return max(self.seconds_behind, now - self.since)
+
+
+@dataclass(frozen=True)
+class ConsumerLag:
+    """How far one consumer of the runs is behind what the service has read of them.
+
+    Attributes
+    ----------
+    kind
+        ``client`` (a data-channel client) or ``writer`` (a live conversion's output).
+    name
+        Which one: the client's id, or ``<series>/<target>`` for a writer.
+    frames
+        Frames read by the service that the consumer has not had.
+    nbytes
+        Their bytes (decoded pixels).
+    seconds
+        How long the oldest of them has waited (0 when caught up).
+    """
+
+    kind: str
+    name: str
+    frames: int
+    nbytes: int
+    seconds: float
 
 
 def _count(value: int, parameter: str) -> int:
@@ -148,8 +173,7 @@ class Metrics:
         )
         self.publish_duration = Histogram(
             "stemcast_publish_duration_seconds",
-            "Time to hand one batch of frames to the data channel (includes waiting for "
-            "consumers).",
+            "Time to read one batch of frames back from the files and hand it to one data client.",
             ["detector"],
             buckets=BATCH_BUCKETS_S,
             registry=registry,
@@ -285,14 +309,14 @@ class Metrics:
         self.decode_duration.labels(detector).observe(seconds)
 
     def publish_latency(self, detector: str, seconds: float) -> None:
-        """Record the time taken to hand one batch to the data channel.
+        """Record the time taken to read one batch back and hand it to one data client.
 
         Parameters
         ----------
         detector
             The camera.
         seconds
-            Duration of the send, including waits for consumers.
+            Duration of the read and the send.
         """
         self.publish_duration.labels(detector).observe(seconds)
 
@@ -435,6 +459,19 @@ class Metrics:
         """
         self._scraped.output_root = Path(path)
 
+    def bind_consumers(self, lags: Callable[[], Iterable[ConsumerLag]]) -> None:
+        """Read how far each consumer (data client, live writer) is behind when scraped.
+
+        Measured at each scrape, the lag keeps growing while a consumer stalls, and a
+        consumer that has gone has no series any more.
+
+        Parameters
+        ----------
+        lags
+            Returns the lag of every consumer there is now.
+        """
+        self._scraped.consumers = lags
+
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """Encode every metric for a scrape.
 
@@ -469,6 +506,7 @@ class _ScrapeTimeMetrics(Collector):
         self.conversion_jobs: Callable[[], Mapping[str, int]] | None = None
         self.registry_queue_depth: Callable[[], int] | None = None
         self.output_root: Path | None = None
+        self.consumers: Callable[[], Iterable[ConsumerLag]] | None = None
         self._lags: dict[str, _Lag] = {}
         self._lock = threading.Lock()
 
@@ -486,7 +524,8 @@ class _ScrapeTimeMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Families with the current values."""
-        runs, jobs, lag_bytes, lag_frames, lag_seconds, depth, free = self._families()
+        families = self._families()
+        runs, jobs, lag_bytes, lag_frames, lag_seconds, depth, free, *consumer = families
         _by_status(runs, self.runs)
         _by_status(jobs, self.conversion_jobs)
         if self.registry_queue_depth is not None:
@@ -502,7 +541,24 @@ class _ScrapeTimeMetrics(Collector):
             lag_bytes.add_metric([detector], nbytes)
             lag_frames.add_metric([detector], frames)
             lag_seconds.add_metric([detector], seconds)
-        return iter((runs, jobs, lag_bytes, lag_frames, lag_seconds, depth, free))
+        self._consumer_lags(*consumer)
+        return iter(families)
+
+    def _consumer_lags(
+        self,
+        frames: GaugeMetricFamily,
+        nbytes: GaugeMetricFamily,
+        seconds: GaugeMetricFamily,
+    ) -> None:
+        if self.consumers is None:
+            return
+        consumers = self.consumers
+        lags = _read(lambda: list(consumers()), "lag of the consumers") or []
+        for lag in sorted(lags, key=lambda lag: (lag.kind, lag.name)):
+            labels = [lag.kind, lag.name]
+            frames.add_metric(labels, lag.frames)
+            nbytes.add_metric(labels, lag.nbytes)
+            seconds.add_metric(labels, lag.seconds)
 
     def _lag_by_detector(self) -> dict[str, tuple[int, int, float]]:
         now = time.monotonic()
@@ -549,6 +605,22 @@ class _ScrapeTimeMetrics(Collector):
             ),
             GaugeMetricFamily(
                 "stemcast_output_free_bytes", "Free space available to stemcast in the output root."
+            ),
+            GaugeMetricFamily(
+                "stemcast_consumer_lag_frames",
+                "Frames read from the camera's files that a consumer has not had yet "
+                "(kind: client or writer).",
+                labels=["kind", "name"],
+            ),
+            GaugeMetricFamily(
+                "stemcast_consumer_lag_bytes",
+                "Bytes of the frames a consumer has not had yet (decoded pixels).",
+                labels=["kind", "name"],
+            ),
+            GaugeMetricFamily(
+                "stemcast_consumer_lag_seconds",
+                "How long the oldest frame a consumer has not had has been readable.",
+                labels=["kind", "name"],
             ),
         )
 

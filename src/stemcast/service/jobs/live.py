@@ -192,6 +192,8 @@ def convert_live_in_worker(
     rows, cols = run.frame_shape
     step = max(1, _BATCH_BYTES // max(rows * cols * run.dtype.itemsize, 1))
     conversion: LiveConversion | None = None
+    #: Frames written when the worker last caught up (and said so).
+    caught_up = -1
     try:
         while True:
             if cancelled():
@@ -213,6 +215,10 @@ def convert_live_in_worker(
                 continue
             if state.get("end") is not None:
                 break
+            if conversion is not None and caught_up != conversion.written:
+                # Caught up: say so now, the throttle may have held the last report back.
+                report(conversion.written, conversion.count)
+                caught_up = conversion.written
             time.sleep(_POLL_S)
         end = state["end"]
         if end["status"] not in _CONVERTED or not state["frames"]:

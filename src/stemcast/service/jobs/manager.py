@@ -94,6 +94,8 @@ class JobManager:
         self._executor: ProcessPoolExecutor | None = None
         self._live_executor: ProcessPoolExecutor | None = None
         self._live_tasks: set[asyncio.Task[None]] = set()
+        #: The live conversions running, by job id (read by scrapes in other threads).
+        self._live: dict[str, tuple[JobRecord, LiveJob]] = {}
         self._client: Any = None
 
     async def start(self, resumed: Collection[str] = ()) -> None:
@@ -302,6 +304,7 @@ class JobManager:
         job = await asyncio.to_thread(self._take_live, run_id, add)
         control = JobControl()
         live = LiveJob(job["id"], control)
+        self._live[job["id"]] = job, live
         flag = self._cancel[job["id"]] = threading.Event()
         _logger.info("job %s: converting %s live to %s", job["id"], first, ", ".join(chosen))
         task = asyncio.create_task(
@@ -311,6 +314,13 @@ class JobManager:
         self._live_tasks.add(task)
         task.add_done_callback(self._live_tasks.discard)
         return live
+
+    def live_jobs(self) -> list[tuple[JobRecord, LiveJob]]:
+        """Return the live conversions running now: each job's record and its live job.
+
+        Callable from any thread (a scrape).
+        """
+        return list(self._live.values())
 
     def _take_live(self, run_id: str, add: Callable[[], JobRecord]) -> JobRecord:
         """Mark the run's unfinished job, or a new one, ``running``.
@@ -558,6 +568,7 @@ class JobManager:
                 path=job["source"],
             ) from None
         finally:
+            self._live.pop(job["id"], None)
             await live.close()
             control.close()
 

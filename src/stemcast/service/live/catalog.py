@@ -9,17 +9,47 @@ consumer that falls behind costs memory only for the batch it is reading.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import time
+from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from stemcast.batch import FrameBatch
 from stemcast.service.live.tail import FollowedRun
 
-__all__ = ["Catalog", "FrameMeta", "SeriesEntry"]
+__all__ = ["Behind", "Catalog", "FrameMeta", "SeriesEntry"]
 
 #: Header fields of each frame of a batch: timestamp, exposure and scan position.
 FrameMeta = list[dict[str, Any]]
+
+#: Seconds within which frames made readable are recorded as one step (they are then said
+#: readable from the first of them): at most this many more seconds of lag, and at most
+#: ``1 / _READABLE_STEP_S`` steps kept per second of acquisition.
+_READABLE_STEP_S = 0.05
+
+
+class Behind(NamedTuple):
+    """How far a consumer is behind what the service can read of a run.
+
+    Attributes
+    ----------
+    frames
+        Frames readable that the consumer has not had.
+    nbytes
+        Their decoded size (the pixels, as the data channel sends them).
+    since
+        ``time.monotonic()`` when the oldest of them became readable, ``None`` when caught up.
+    """
+
+    frames: int
+    nbytes: int
+    since: float | None
+
+    def seconds(self, now: float) -> float:
+        """How long the oldest frame not had has waited at ``now`` (0 when caught up)."""
+        return 0.0 if self.since is None else max(0.0, now - self.since)
 
 
 @dataclass(eq=False)
@@ -44,11 +74,52 @@ class SeriesEntry:
     position: Callable[[int], list[int] | None]
     frames: int = 0
     end: dict[str, Any] | None = None
+    #: Steps of :attr:`frames` and the ``time.monotonic()`` each was reached, for the lag of
+    #: the consumers (appended in the event loop, read by scrapes in other threads).
+    _steps: array[int] = field(default_factory=lambda: array("q"), init=False, repr=False)
+    _step_times: array[float] = field(default_factory=lambda: array("d"), init=False, repr=False)
 
     @property
     def ended(self) -> bool:
         """Whether the series has ended (its ``series_end`` can be sent)."""
         return self.end is not None
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one decoded frame."""
+        rows, cols = self.source.frame_shape
+        return rows * cols * self.source.dtype.itemsize
+
+    def readable(self, frames: int, now: float) -> None:
+        """Record that frames up to ``frames`` became readable at ``now`` (``monotonic()``)."""
+        if self._step_times and now - self._step_times[-1] < _READABLE_STEP_S:
+            self._steps[-1] = frames
+        else:
+            self._steps.append(frames)
+            self._step_times.append(now)
+
+    def readable_since(self, frame: int) -> float | None:
+        """Return when frame ``frame`` became readable (``monotonic()``), ``None`` if not yet."""
+        known = min(len(self._steps), len(self._step_times))
+        step = bisect.bisect_right(self._steps, frame, 0, known)
+        return self._step_times[step] if step < known else None
+
+    def behind(self, frame: int) -> Behind:
+        """Return how far a consumer whose next frame is ``frame`` is behind this series.
+
+        Parameters
+        ----------
+        frame
+            The consumer's next frame (its position; past :attr:`frames` counts as caught up).
+
+        Returns
+        -------
+        Behind
+            Frames readable from ``frame`` on, their bytes, and since when the first waits.
+        """
+        frames = max(0, self.frames - frame)
+        since = self.readable_since(frame) if frames else None
+        return Behind(frames, frames * self.frame_bytes, since)
 
     def read(self, start: int, stop: int) -> tuple[FrameBatch, FrameMeta]:
         """Read frames ``start:stop`` back from the files, with their header fields (blocks).
@@ -116,6 +187,7 @@ class Catalog:
     def advance(self, entry: SeriesEntry, frames: int) -> None:
         """Make frames up to ``frames`` of ``entry`` readable."""
         if frames > entry.frames:
+            entry.readable(frames, time.monotonic())
             entry.frames = frames
             self._changed()
 
@@ -139,3 +211,38 @@ class Catalog:
     def following(self) -> list[SeriesEntry]:
         """Return the series that have not ended, oldest first."""
         return [entry for entry in self.entries if not entry.ended]
+
+    def behind(self, entry: SeriesEntry | None, frame: int) -> Behind:
+        """Return how far a consumer of every series in turn is behind.
+
+        Callable from any thread (a scrape): it reads a snapshot of the entries.
+
+        Parameters
+        ----------
+        entry
+            The series the consumer stands in; ``None`` before it has one (it then starts
+            with the oldest series).
+        frame
+            Its next frame in ``entry``.
+
+        Returns
+        -------
+        Behind
+            The frames it has not had in ``entry`` and in every series that started after
+            it, their bytes, and since when the oldest of them waits.
+        """
+        entries = list(self.entries)
+        if entry is None:
+            owed = [(item, 0) for item in entries]
+        else:
+            later = entries[entries.index(entry) + 1 :] if entry in entries else []
+            owed = [(entry, frame), *((item, 0) for item in later)]
+        frames = nbytes = 0
+        since: float | None = None
+        for item, start in owed:
+            part = item.behind(start)
+            frames += part.frames
+            nbytes += part.nbytes
+            if since is None:
+                since = part.since
+        return Behind(frames, nbytes, since)

@@ -30,7 +30,7 @@ import zmq.asyncio
 
 from stemcast.errors import StemcastError
 from stemcast.protocol import CREDIT, ERROR, FRAME, SERIES, SERIES_END, SUBSCRIBE, encode_header
-from stemcast.service.live.catalog import Catalog, SeriesEntry
+from stemcast.service.live.catalog import Behind, Catalog, SeriesEntry
 from stemcast.service.metrics import Metrics
 
 __all__ = ["DataServer"]
@@ -110,6 +110,30 @@ class DataServer:
     def address(self) -> str:
         """The bound address (with the port chosen when 0 was asked)."""
         return str(self.socket.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def behind(self) -> dict[str, Behind]:
+        """Return how far each client is behind, by client id (its ZeroMQ identity, in hex).
+
+        Callable from any thread (a scrape): it reads a snapshot of the clients. Frames sent
+        and not yet acknowledged count as had.
+
+        Returns
+        -------
+        dict
+            Client id to the frames it has not been sent yet, their bytes, and since when
+            the oldest of them waits.
+        """
+        lags = {}
+        for session in list(self.sessions.values()):
+            entry, frame, after = session.entry, session.frame, session.after
+            if entry is None and after is not None:
+                # Waiting for the series that starts after ``after``: owed from its start.
+                entry, frame = self.catalog.after(after), 0
+                if entry is None:
+                    lags[session.identity.hex()] = Behind(0, 0, None)
+                    continue
+            lags[session.identity.hex()] = self.catalog.behind(entry, frame)
+        return lags
 
     def start(self) -> None:
         """Start taking clients (in the running event loop)."""
