@@ -270,11 +270,13 @@ class DataServer:
         if session.credit <= 0:
             return False
         if not session.announced:
-            await self._message(
-                session, {"htype": SERIES, **entry.header, "first_frame": session.frame}
-            )
             session.announced = True
-            return True
+            if entry.end is None or session.frame <= entry.frames:
+                await self._message(
+                    session, {"htype": SERIES, **entry.header, "first_frame": session.frame}
+                )
+                return True
+            # Resumed after this series' end: nothing of it is owed, not even its start.
         if session.frame < entry.frames:
             try:
                 await self._frames(session, entry)
