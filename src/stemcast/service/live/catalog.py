@@ -2,15 +2,17 @@
 
 The follower of a run advances its entry as it reads the camera's records; every consumer
 (each data client, the live writers) keeps its own position and reads the frames back from
-the run's files when it wants them. The files are the buffer: no frame is held here, so a
-consumer that falls behind costs memory only for the batch it is reading.
+the run's files when it wants them. The files are the buffer: apart from the batch the
+follower has just read (which the consumers keeping up take without reading it again), no
+frame is held here, so a consumer that falls behind costs memory only for the batch it is
+reading.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stemcast.batch import FrameBatch
@@ -36,6 +38,9 @@ class SeriesEntry:
         Frames that can be read (the follower has read and checked them).
     end
         The fields of its ``stemcast-series_end-1.0`` header once it ended, else ``None``.
+    recent
+        The batch the follower read last and the header fields of its frames, while the
+        series is followed.
     """
 
     series: str
@@ -44,6 +49,7 @@ class SeriesEntry:
     position: Callable[[int], list[int] | None]
     frames: int = 0
     end: dict[str, Any] | None = None
+    recent: tuple[FrameBatch, FrameMeta] | None = field(default=None, repr=False)
 
     @property
     def ended(self) -> bool:
@@ -75,6 +81,33 @@ class SeriesEntry:
             for offset in range(len(batch))
         ]
         return batch, meta
+
+    def recent_frames(self, start: int, stop: int) -> tuple[FrameBatch, FrameMeta] | None:
+        """Frames from ``start`` to at most ``stop`` out of :attr:`recent`, if it holds ``start``.
+
+        Parameters
+        ----------
+        start, stop
+            Frame range wanted.
+
+        Returns
+        -------
+        tuple or None
+            The frames (views of the recent batch, fewer than asked when it ends before
+            ``stop``) and their header fields, as :meth:`read` gives them; ``None`` when
+            ``start`` is not in the recent batch.
+        """
+        if self.recent is None:
+            return None
+        batch, meta = self.recent
+        if not batch.start <= start < batch.stop:
+            return None
+        low, high = start - batch.start, min(stop, batch.stop) - batch.start
+        fields = [
+            {**extra, "nav_position": self.position(start + offset)}
+            for offset, extra in enumerate(meta[low:high])
+        ]
+        return FrameBatch(start, batch.frames[low:high], batch.headers[low:high]), fields
 
 
 class Catalog:
@@ -113,8 +146,23 @@ class Catalog:
             self.entries.remove(old)
         self._changed()
 
-    def advance(self, entry: SeriesEntry, frames: int) -> None:
-        """Make frames up to ``frames`` of ``entry`` readable."""
+    def advance(
+        self, entry: SeriesEntry, frames: int, recent: tuple[FrameBatch, FrameMeta] | None = None
+    ) -> None:
+        """Make frames up to ``frames`` of ``entry`` readable.
+
+        Parameters
+        ----------
+        entry
+            The series.
+        frames
+            Frames that can be read now.
+        recent
+            The batch just read that ends at ``frames``, with the header fields of its
+            frames: consumers that keep up take their frames from it.
+        """
+        if recent is not None:
+            entry.recent = recent
         if frames > entry.frames:
             entry.frames = frames
             self._changed()
@@ -122,6 +170,7 @@ class Catalog:
     def finish(self, entry: SeriesEntry, end: dict[str, Any]) -> None:
         """Mark ``entry`` ended, with the fields of its ``series_end``."""
         entry.end = end
+        entry.recent = None
         self._changed()
 
     def find(self, series: str) -> SeriesEntry | None:
