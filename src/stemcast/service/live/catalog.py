@@ -94,7 +94,7 @@ class SeriesEntry:
         -------
         tuple or None
             The frames (views of the recent batch, fewer than asked when it ends before
-            ``stop``) and their header fields, as :meth:`read` gives them; ``None`` when
+            ``stop``) and their header fields as the follower gave them; ``None`` when
             ``start`` is not in the recent batch.
         """
         if self.recent is None:
@@ -103,11 +103,7 @@ class SeriesEntry:
         if not batch.start <= start < batch.stop:
             return None
         low, high = start - batch.start, min(stop, batch.stop) - batch.start
-        fields = [
-            {**extra, "nav_position": self.position(start + offset)}
-            for offset, extra in enumerate(meta[low:high])
-        ]
-        return FrameBatch(start, batch.frames[low:high], batch.headers[low:high]), fields
+        return FrameBatch(start, batch.frames[low:high], batch.headers[low:high]), meta[low:high]
 
 
 class Catalog:
