@@ -275,11 +275,14 @@ class Subscriber:
                 self._next_message = message + 1
             return _event(header, parts)
         self._consumed += 1
+        # The position moves first, so that the credit carries the position after this
+        # message: a service that forgot this subscriber takes it back from there.
+        event = self._in_order(header, parts)
         if self._consumed >= max(1, self._credit // 2) or (
             time.monotonic() - self._spoke >= _HEARTBEAT_S
         ):
             self._give_credit()
-        return self._in_order(header, parts)
+        return event
 
     def _in_order(self, header: dict[str, Any], parts: list[Any]) -> Event | None:
         """Return the event if it is the next one of the stream; skip repeats."""
