@@ -1,17 +1,20 @@
-"""Live service throughput and latency: simulator -> ``stemcast serve`` -> PULL consumer.
+"""Live service throughput and latency: simulator -> ``stemcast serve`` -> data client.
 
 Three processes, as in production: the camera simulator (``stemcast simulate``) writes a
 12-bit 256x256 Merlin run into a folder, the service (``stemcast serve``, a subprocess) follows
-the growing file and publishes every frame on its PUSH data channel, and this script PULLs
-them and checks that every frame arrives, in order, once.
+the growing file and serves every frame on its data channel (ROUTER, credit flow control),
+and this script receives them with :class:`stemcast.client.Subscriber`, checking that every
+frame arrives, in order, once.
 
 * **Throughput**: the simulator writes ``--frames`` frames as fast as it can (a pool of
   patterns, so that drawing random patterns is not what is timed); frames/s and GB/s from
   the first to the last frame received, while the three processes share the machine. Then
   the same finished file appears again under a new name and the service drains it from the
-  page cache: the service's own ceiling. The limit, in the same run: plain pyzmq PUSH/PULL of
-  the same number of 256x256 ``uint16`` frames from memory (a subprocess pushing a small
-  header and the frame buffer, zero-copy), received the same way.
+  page cache: the service's own ceiling. Then a new client asks for the first run again from
+  its start, after it ended: every frame is read back from the file (a client catching up).
+  The limit, in the same run: plain pyzmq PUSH/PULL of the same number of 256x256
+  ``uint16`` frames from memory (a subprocess pushing a small header and the frame buffer,
+  zero-copy), received the same way.
 * **The writers' ceilings**: before the service starts, the same number of frame-sized
   records of zeros is appended to a file in 8 MiB blocks (the fastest any writer can fill
   this folder), and the simulator writes the same run in this process into a folder nobody
@@ -19,7 +22,7 @@ them and checks that every frame arrives, in order, once.
   ``--workdir /dev/shm`` puts the folders on a RAM-backed file system.
 * **Latency**: a writer thread appends one frame every millisecond (1 kHz) with
   :class:`stemcast.writers.mib.MibWriter` and notes when each ``write`` returned; latency is
-  the receive time minus that time (same clock), p50 and p99 over ``--latency-frames``.
+  the receive time minus that time (same clock), percentiles over ``--latency-frames``.
 
 Usage::
 
@@ -43,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+
+from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber
 
 FRAME_SHAPE = (256, 256)
 FRAME_BYTES = 256 * 256 * 2
@@ -104,20 +109,23 @@ def simulator_alone(directory: Path, frames: int) -> float:
     return frames / (time.perf_counter() - start)
 
 
-def receive(pull: zmq.Socket[bytes], frames: int) -> list[int]:
-    """PULL one series, checking order and count; return the receive times (ns)."""
+def receive(subscriber: Subscriber, frames: int) -> tuple[str, list[int]]:
+    """Receive one series, checking order and count; return its id and the receive times (ns)."""
     arrivals: list[int] = []
-    while True:
-        parts = pull.recv_multipart(copy=False)
+    series = ""
+    for event in subscriber:
         now = time.perf_counter_ns()
-        header = json.loads(bytes(parts[0].buffer))
-        if header["htype"] == "stemcast-frame-1.0":
-            assert header["frame"] == len(arrivals), (header["frame"], len(arrivals))
-            assert len(parts[1].buffer) == FRAME_BYTES
+        if isinstance(event, SeriesStart):
+            series = event.series
+        elif isinstance(event, Frame):
+            assert event.series == series
+            assert event.index == len(arrivals), (event.index, len(arrivals))
+            assert event.data.nbytes == FRAME_BYTES
             arrivals.append(now)
-        elif header["htype"] == "stemcast-series_end-1.0":
-            assert header["frames"] == len(arrivals) == frames, (header, len(arrivals))
-            return arrivals
+        elif isinstance(event, SeriesEnd):
+            assert event.header["frames"] == len(arrivals) == frames, (event.header, len(arrivals))
+            return series, arrivals
+    raise AssertionError("unreachable: the subscriber iterates until it times out")
 
 
 def rate(arrivals: list[int]) -> float:
@@ -191,50 +199,55 @@ def main() -> None:
         limit_fps = write_limit(Path(scratch) / "alone", args.frames)
         alone_fps = simulator_alone(Path(scratch) / "alone", args.frames)
         service, endpoint = start_service(folder, Path(scratch) / "registry.sqlite3")
-        pull = zmq.Context.instance().socket(zmq.PULL)
-        pull.rcvhwm = 256
-        pull.connect(endpoint)
+        subscriber = Subscriber(endpoint, start="run", timeout_s=60)
         try:
             writer = simulate(folder, "fast", args.frames, 0)
-            live_fps = rate(receive(pull, args.frames))
+            series, arrivals = receive(subscriber, args.frames)
+            live_fps = rate(arrivals)
             writer.wait()
             shutil.copy(folder / "fast.hdr", folder / "again.hdr")
             os.link(folder / "fast.mib", folder / "again.mib")
-            drain_fps = rate(receive(pull, args.frames))
+            drain_fps = rate(receive(subscriber, args.frames)[1])
+            with Subscriber(endpoint, start=(series, 0), timeout_s=60) as late:
+                catch_up_fps = rate(receive(late, args.frames)[1])
             written: list[int] = []
             thread = threading.Thread(
                 target=paced_writer,
                 args=(folder / "paced.mib", args.latency_frames, 1000.0, written),
             )
             thread.start()
-            arrivals = receive(pull, args.latency_frames)
+            arrivals = receive(subscriber, args.latency_frames)[1]
             thread.join()
             latencies = (np.array(arrivals) - np.array(written)) / 1e6
         finally:
+            subscriber.close()
             service.terminate()
             service.wait(30)
-            pull.close()
     plain_fps = plain_pyzmq(args.frames)
-    p50, p99 = np.percentile(latencies, [50, 99])
+    p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
     machine = platform.processor() or platform.machine()
     print(f"machine: {machine}, Python {platform.python_version()}, pyzmq {zmq.__version__}")
-    print(f"{'':38}{'frames/s':>10}{'GB/s':>8}")
+    print(f"{'':40}{'frames/s':>10}{'GB/s':>8}")
     for name, fps in (
         ("write limit (zeros in 8 MiB blocks)", limit_fps),
         ("simulator alone (nobody reading)", alone_fps),
         ("stemcast serve, following simulator", live_fps),
         ("stemcast serve, draining the file", drain_fps),
+        ("stemcast serve, client catching up", catch_up_fps),
         ("plain pyzmq PUSH/PULL (memory)", plain_fps),
     ):
-        print(f"{name:38}{fps:10.0f}{fps * FRAME_BYTES / 1e9:8.2f}")
+        print(f"{name:40}{fps:10.0f}{fps * FRAME_BYTES / 1e9:8.2f}")
     print(
         f"ratio to plain pyzmq: {live_fps / plain_fps:.0%} following the simulator, "
-        f"{drain_fps / plain_fps:.0%} draining; the simulator alone writes at "
-        f"{alone_fps / plain_fps:.0%} of plain pyzmq, and the service follows it at "
-        f"{live_fps / alone_fps:.0%} of that; plain writes into this folder reach "
-        f"{limit_fps / plain_fps:.0%} of plain pyzmq"
+        f"{drain_fps / plain_fps:.0%} draining, {catch_up_fps / plain_fps:.0%} catching up; "
+        f"the simulator alone writes at {alone_fps / plain_fps:.0%} of plain pyzmq, and the "
+        f"service follows it at {live_fps / alone_fps:.0%} of that; plain writes into this "
+        f"folder reach {limit_fps / plain_fps:.0%} of plain pyzmq"
     )
-    print(f"latency at 1 kHz ({len(latencies)} frames): p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    print(
+        f"latency at 1 kHz ({len(latencies)} frames): p50 {p50:.2f} ms, p90 {p90:.2f} ms, "
+        f"p99 {p99:.2f} ms, max {latencies.max():.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -311,6 +311,23 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_position(text: str, *, source: str) -> tuple[str, int]:
+    """Parse a position ``SERIES:FRAME`` as ``--resume`` and ``--position-file`` hold it."""
+    series, _, frame = text.strip().rpartition(":")
+    if not series or not frame.isdigit():
+        raise ParameterError(
+            f"{text.strip()!r} is not a position like SERIES:FRAME", parameter=source
+        )
+    return series, int(frame)
+
+
+def _save_position(path: Path, position: tuple[str, int]) -> None:
+    """Replace the position file in one rename: a crash leaves the old or the new position."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(f"{position[0]}:{position[1]}\n")
+    os.replace(partial, path)
+
+
 def _subscribe(args: argparse.Namespace) -> int:
     import time
 
@@ -318,16 +335,22 @@ def _subscribe(args: argparse.Namespace) -> int:
 
     ended = 0
     window_start, window_frames = time.monotonic(), 0
-    start = args.start
+    start: Any = args.start
     if args.resume is not None:
-        series, _, frame = args.resume.rpartition(":")
-        start = (series, int(frame))
+        start = _parse_position(args.resume, source="resume")
+    elif args.position_file is not None and args.position_file.exists():
+        try:
+            start = _parse_position(args.position_file.read_text(), source="position-file")
+        except ParameterError as error:
+            raise ParameterError(error.problem, path=args.position_file) from None
     with Subscriber(
         args.endpoint, start=start, preview=args.preview, timeout_s=args.timeout
     ) as subscriber:
         try:
             for event in subscriber:
-                if isinstance(event, Frame):
+                if args.json:
+                    print(json.dumps(event.header), flush=True)
+                elif isinstance(event, Frame):
                     window_frames += 1
                     now = time.monotonic()
                     if now - window_start >= 1.0:
@@ -354,6 +377,11 @@ def _subscribe(args: argparse.Namespace) -> int:
                         f"{header['nav_evidence']} ({header['reason']})",
                         flush=True,
                     )
+                if args.position_file is not None and subscriber.position is not None:
+                    # Saved after the event is printed: after a crash, the last event
+                    # printed may be printed again, but none is missed.
+                    _save_position(args.position_file, subscriber.position)
+                if isinstance(event, SeriesEnd):
                     ended += 1
                     if args.series and ended >= args.series:
                         break
@@ -361,11 +389,11 @@ def _subscribe(args: argparse.Namespace) -> int:
             print(f"stemcast subscribe: {error}", file=sys.stderr)
             return 1
         finally:
-            if subscriber.position is not None:
+            if subscriber.position is not None and not args.json:
                 series, frame = subscriber.position
                 print(f"position {series}:{frame} (--resume it to go on from here)", flush=True)
     if subscriber.dropped:
-        print(f"{subscriber.dropped} messages dropped by the preview channel")
+        print(f"{subscriber.dropped} messages dropped by the preview channel", file=sys.stderr)
     return 0
 
 
@@ -697,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--watch", action="append", type=Path, metavar="DIR", help="directory to watch (repeat)"
     )
-    serve.add_argument("--data-endpoint", metavar="URL", help="PUSH data channel bind address")
+    serve.add_argument("--data-endpoint", metavar="URL", help="data channel (ROUTER) bind address")
     serve.add_argument("--preview-endpoint", metavar="URL", help="PUB preview channel bind address")
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
     serve.add_argument(
@@ -807,10 +835,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="data channel: start at the next frame (live) or at the start of the runs being "
         "followed (run); no other subscriber loses a frame either way",
     )
-    subscribe.add_argument(
+    where = subscribe.add_mutually_exclusive_group()
+    where.add_argument(
         "--resume",
         metavar="SERIES:FRAME",
         help="data channel: go on from a position printed by an earlier subscribe",
+    )
+    where.add_argument(
+        "--position-file",
+        type=Path,
+        metavar="FILE",
+        help="data channel: keep the position in FILE (replaced atomically after each "
+        "event) and go on from it when FILE exists",
+    )
+    subscribe.add_argument(
+        "--json",
+        action="store_true",
+        help="print the header of every event (series, frame, series end) as a JSON line",
     )
     subscribe.add_argument(
         "--timeout", type=float, metavar="S", help="exit if nothing arrives for S seconds"

@@ -165,6 +165,7 @@ class Subscriber:
         self._credit = max(1, credit)
         self._consumed = 0
         self._spoke = time.monotonic()
+        self._start: Any = None
         if preview:
             self.socket.rcvhwm = hwm
             self.socket.setsockopt(zmq.SUBSCRIBE, b"")
@@ -182,6 +183,7 @@ class Subscriber:
             wire = start
         else:
             raise ValueError(f"start {start!r} is not 'live', 'run' or (series, frame)")
+        self._start = wire
         self._send({"htype": SUBSCRIBE, "start": wire, "credit": self._credit})
 
     def __enter__(self) -> Subscriber:
@@ -208,7 +210,9 @@ class Subscriber:
         self._spoke = time.monotonic()
 
     def _give_credit(self, *, reset: bool = False) -> None:
-        position = None if self.position is None else list(self.position)
+        # A service that forgot this subscriber (silent too long, or restarted) takes it
+        # back from the position sent here; before the first series, from its start.
+        position = self._start if self.position is None else list(self.position)
         request = {"htype": CREDIT, "credit": self._consumed, "position": position}
         if reset:
             request["reset"] = True
@@ -271,11 +275,14 @@ class Subscriber:
                 self._next_message = message + 1
             return _event(header, parts)
         self._consumed += 1
+        # The position moves first, so that the credit carries the position after this
+        # message: a service that forgot this subscriber takes it back from there.
+        event = self._in_order(header, parts)
         if self._consumed >= max(1, self._credit // 2) or (
             time.monotonic() - self._spoke >= _HEARTBEAT_S
         ):
             self._give_credit()
-        return self._in_order(header, parts)
+        return event
 
     def _in_order(self, header: dict[str, Any], parts: list[Any]) -> Event | None:
         """Return the event if it is the next one of the stream; skip repeats."""

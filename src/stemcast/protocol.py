@@ -7,10 +7,11 @@ cameras feed). Every frame header repeats what is needed to use the frame alone 
 dtype, series, scan shape when known), so a subscriber that joins late can still draw it.
 The ``status`` of a ``series_end`` header is ``complete``, ``interrupted`` or ``failed``.
 
-Two counters let a subscriber count losses: ``sequence`` numbers every frame the service
-publishes, over all series, and is the same on both channels; ``message`` numbers the
-messages of one channel, so a gap in it on the preview channel is a message the channel
-dropped, while a gap in ``sequence`` alone is a frame the rate limit skipped.
+Two counters let a preview subscriber count losses: ``sequence`` numbers every frame the
+service publishes, over all series, and ``message`` the messages of the channel, so a gap in
+``message`` is a message the channel dropped, while a gap in ``sequence`` alone is a frame the
+rate limit skipped. On the data channel both count what was sent to one client since it
+subscribed (no gaps); a frame is identified by its ``series`` and ``frame`` on both channels.
 """
 
 from __future__ import annotations

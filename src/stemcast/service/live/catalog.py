@@ -2,8 +2,10 @@
 
 The follower of a run advances its entry as it reads the camera's records; every consumer
 (each data client, the live writers) keeps its own position and reads the frames back from
-the run's files when it wants them. The files are the buffer: no frame is held here, so a
-consumer that falls behind costs memory only for the batch it is reading.
+the run's files when it wants them. The files are the buffer: apart from the batch the
+follower has just read (which the consumers keeping up take without reading it again), no
+frame is held here, so a consumer that falls behind costs memory only for the batch it is
+reading.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class SeriesEntry:
         Frames that can be read (the follower has read and checked them).
     end
         The fields of its ``stemcast-series_end-1.0`` header once it ended, else ``None``.
+    recent
+        The batch the follower read last and the header fields of its frames, while the
+        series is followed.
     """
 
     series: str
@@ -78,6 +83,7 @@ class SeriesEntry:
     #: the consumers (appended in the event loop, read by scrapes in other threads).
     _steps: array[int] = field(default_factory=lambda: array("q"), init=False, repr=False)
     _step_times: array[float] = field(default_factory=lambda: array("d"), init=False, repr=False)
+    recent: tuple[FrameBatch, FrameMeta] | None = field(default=None, repr=False)
 
     @property
     def ended(self) -> bool:
@@ -147,6 +153,29 @@ class SeriesEntry:
         ]
         return batch, meta
 
+    def recent_frames(self, start: int, stop: int) -> tuple[FrameBatch, FrameMeta] | None:
+        """Frames from ``start`` to at most ``stop`` out of :attr:`recent`, if it holds ``start``.
+
+        Parameters
+        ----------
+        start, stop
+            Frame range wanted.
+
+        Returns
+        -------
+        tuple or None
+            The frames (views of the recent batch, fewer than asked when it ends before
+            ``stop``) and their header fields as the follower gave them; ``None`` when
+            ``start`` is not in the recent batch.
+        """
+        if self.recent is None:
+            return None
+        batch, meta = self.recent
+        if not batch.start <= start < batch.stop:
+            return None
+        low, high = start - batch.start, min(stop, batch.stop) - batch.start
+        return FrameBatch(start, batch.frames[low:high], batch.headers[low:high]), meta[low:high]
+
 
 class Catalog:
     """The series in start order, with one wake-up for every consumer when anything moves.
@@ -184,8 +213,23 @@ class Catalog:
             self.entries.remove(old)
         self._changed()
 
-    def advance(self, entry: SeriesEntry, frames: int) -> None:
-        """Make frames up to ``frames`` of ``entry`` readable."""
+    def advance(
+        self, entry: SeriesEntry, frames: int, recent: tuple[FrameBatch, FrameMeta] | None = None
+    ) -> None:
+        """Make frames up to ``frames`` of ``entry`` readable.
+
+        Parameters
+        ----------
+        entry
+            The series.
+        frames
+            Frames that can be read now.
+        recent
+            The batch just read that ends at ``frames``, with the header fields of its
+            frames: consumers that keep up take their frames from it.
+        """
+        if recent is not None:
+            entry.recent = recent
         if frames > entry.frames:
             entry.readable(frames, time.monotonic())
             entry.frames = frames
@@ -194,6 +238,7 @@ class Catalog:
     def finish(self, entry: SeriesEntry, end: dict[str, Any]) -> None:
         """Mark ``entry`` ended, with the fields of its ``series_end``."""
         entry.end = end
+        entry.recent = None
         self._changed()
 
     def find(self, series: str) -> SeriesEntry | None:

@@ -4,9 +4,10 @@ One ZeroMQ ROUTER socket serves any number of DEALER clients. A client says wher
 (``live``, ``run`` or a position ``(series, frame)`` it saw last) and how many messages it
 can take (its *credit*); it gives credit back as it consumes, and sends credit 0 now and then
 to say it is still there. Each client has its own task, which reads the frames it is owed
-back from the run's files (positional reads of whole records) and sends at most its credit:
-a slow client only delays itself, and memory stays bounded by one batch per client however
-far behind it is. A client that says it leaves, or stays silent for ``client_timeout_s``
+back from the run's files (positional reads of whole records; a client that keeps up takes
+them from the batch the follower has just read) and sends at most its credit: a slow client
+only delays itself, and memory stays bounded by one batch per client however far behind it
+is. A client that says it leaves, or stays silent for ``client_timeout_s``
 (killed, cut off), is forgotten; when it speaks
 again its message carries its position, so it goes on from there (also after a restart of
 the service, when the series is still in the catalog).
@@ -294,11 +295,13 @@ class DataServer:
         if session.credit <= 0:
             return False
         if not session.announced:
-            await self._message(
-                session, {"htype": SERIES, **entry.header, "first_frame": session.frame}
-            )
             session.announced = True
-            return True
+            if entry.end is None or session.frame <= entry.frames:
+                await self._message(
+                    session, {"htype": SERIES, **entry.header, "first_frame": session.frame}
+                )
+                return True
+            # Resumed after this series' end: nothing of it is owed, not even its start.
         if session.frame < entry.frames:
             try:
                 await self._frames(session, entry)
@@ -339,7 +342,12 @@ class DataServer:
             session.credit, entry.frames - session.frame, max(1, self.batch_bytes // per_frame)
         )
         started = time.perf_counter()
-        batch, meta = await asyncio.to_thread(entry.read, session.frame, session.frame + count)
+        # A client that keeps up takes the batch the follower has just read; one behind
+        # reads its frames back from the files.
+        recent = entry.recent_frames(session.frame, session.frame + count)
+        if recent is None:
+            recent = await asyncio.to_thread(entry.read, session.frame, session.frame + count)
+        batch, meta = recent
         common = {
             "htype": FRAME,
             "series": entry.series,

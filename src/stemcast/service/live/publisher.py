@@ -168,7 +168,7 @@ class Publisher:
                 previewed += self._preview({**header, **extra}, batch.frames[offset])
             self.sequence += 1
         state.frames_sent += len(meta)
-        self.catalog.advance(entry, batch.stop)
+        self.catalog.advance(entry, batch.stop, (batch, meta))
         if self.metrics is not None:
             detector = str(entry.header.get("detector", "unknown"))
             self.metrics.preview_dropped(detector, len(meta) - previewed)
