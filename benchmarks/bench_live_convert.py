@@ -15,6 +15,11 @@ which is the delay the live writers save. ``/metrics`` must count every frame of
 Usage::
 
     python benchmarks/bench_live_convert.py [--runs 5] [--fps 500] [--workdir DIR]
+        [--detector merlin|tvips]
+
+``--detector tvips``: 16-bit TVIPS runs whose end is the rotator index reaching the last
+scan position (one frame after the scan); their scan is known only then, so both outputs
+are written after the end, in one pass over the frames from the page cache.
 """
 
 from __future__ import annotations
@@ -52,12 +57,16 @@ def start_service(camera: Path, output: Path, registry: Path) -> tuple[subproces
     return process, match["http"]
 
 
-def simulate(camera: Path, name: str, fps: float) -> None:
+def simulate(camera: Path, name: str, fps: float, detector: str) -> None:
     command = [
         sys.executable, "-m", "stemcast.cli", "simulate", str(camera), "--name", name,
-        "--scan", "32x32", "--frame-size", "256", "--depth", "12", "--fps", str(fps),
-        "--pattern-pool", "4",
+        "--scan", "32x32", "--frame-size", "256", "--fps", str(fps),
     ]  # fmt: skip
+    if detector == "tvips":
+        # The rotator index drops back to 0 on the frame after the scan: the run's end.
+        command += ["--format", "tvips", "--depth", "16", "--frames-after-scan", "1"]
+    else:
+        command += ["--depth", "12", "--pattern-pool", "4"]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -85,8 +94,10 @@ def frames_ingested(http: str) -> int:
 def offline(source: Path, output: Path) -> float:
     command = [
         sys.executable, "-m", "stemcast.cli", "convert", str(source), "--to",
-        "emd,blockfile", "--output", str(output), "--navigation-shape", "32x32",
+        "emd,blockfile", "--output", str(output),
     ]  # fmt: skip
+    if source.suffix == ".mib":
+        command += ["--navigation-shape", "32x32"]
     start = time.monotonic()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.monotonic() - start
@@ -97,6 +108,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--fps", type=float, default=500.0)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--detector", choices=["merlin", "tvips"], default="merlin")
     args = parser.parse_args()
     describe_machine(["numpy", "h5py", "zmq"])
     work = Path(tempfile.mkdtemp(prefix="stemcast-live-convert-", dir=args.workdir))
@@ -107,7 +119,7 @@ def main() -> None:
     try:
         for number in range(args.runs):
             name = f"run{number}"
-            simulate(camera, name, args.fps)
+            simulate(camera, name, args.fps, args.detector)
             final = [output / "camera" / f"{name}.emd", output / "camera" / f"{name}.blo"]
             latencies.append(wait_final(final))
             print(f"{name}: both outputs final {latencies[-1]:.3f} s after the last frame")
@@ -116,10 +128,12 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait(30)
-    after_end = offline(camera / "run0.mib", work / "offline")
+    first = "run0.mib" if args.detector == "merlin" else "run0_000.tvips"
+    after_end = offline(camera / first, work / "offline")
     shutil.rmtree(work, ignore_errors=True)
     median = statistics.median(latencies)
-    print(f"runs: {args.runs} x 1024 frames of 256 x 256 12-bit at {args.fps:g} frames/s")
+    kind = "12-bit Merlin" if args.detector == "merlin" else "16-bit TVIPS (rotator index)"
+    print(f"runs: {args.runs} x 32 x 32 frames of 256 x 256 {kind} at {args.fps:g} frames/s")
     print(
         "final after the last frame: "
         f"median {median:.3f} s, min {min(latencies):.3f} s, max {max(latencies):.3f} s, "
@@ -130,8 +144,9 @@ def main() -> None:
         f"converting the finished run after its end (stemcast convert): {after_end:.3f} s "
         f"= {after_end / median:.1f} x the live delay"
     )
-    print(f"/metrics frames ingested: {ingested} of {1024 * args.runs}")
-    if ingested != 1024 * args.runs:
+    expected = (1024 if args.detector == "merlin" else 1025) * args.runs
+    print(f"/metrics frames ingested: {ingested} of {expected}")
+    if ingested != expected:
         raise SystemExit("frames were not all counted")
 
 
