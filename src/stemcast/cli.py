@@ -742,7 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--output", type=Path, metavar="DIR", help="output root of conversions")
     serve.add_argument(
-        "--convert", metavar="TARGETS", help="convert every finished run to, e.g. emd,blockfile"
+        "--convert",
+        metavar="TARGETS",
+        help="write every run to these targets while it is acquired, e.g. emd,blockfile",
     )
     serve.add_argument(
         "--token-file", type=Path, metavar="FILE", help="bearer token of the HTTP API's changes"
