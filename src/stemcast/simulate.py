@@ -1,7 +1,9 @@
 """Synthetic 4D-STEM data and a camera simulator, for demos, tests and benchmarks.
 
 :func:`diffraction_patterns` draws patterns; :func:`simulate_mib` and :func:`simulate_tvips`
-write them as a Merlin or TVIPS camera does, growing files at a chosen frame rate.
+write them as a Merlin or TVIPS camera does, growing files at a chosen frame rate, as fast as
+the fastest cameras: the frames of a run come from a :class:`PatternPool` encoded once, and
+only the frame headers (sequence numbers, timestamps, rotator indices) are made per frame.
 
 The specimen has a few round grains on a thin support. Over a grain the central disk dims and
 Bragg spots light up, so a virtual bright-field image of the data shows the grains.
@@ -9,12 +11,10 @@ Bragg spots light up, so a virtual bright-field image of the data shows the grai
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
-import queue
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,29 @@ def _grain_map(scan_shape: tuple[int, int], rng: np.random.Generator) -> npt.NDA
     return grains
 
 
+def _mean_patterns(
+    frame_shape: tuple[int, int], fractions: npt.NDArray[np.float64], dose: float
+) -> npt.NDArray[np.float64]:
+    """Mean counts of the patterns over ``fractions`` of grain material, ``(n, rows, cols)``."""
+    rows, cols = frame_shape
+    ys, xs = np.mgrid[0:rows, 0:cols]
+    centre_y, centre_x = rows / 2, cols / 2
+    scale = min(rows, cols) / 256
+    distance = np.hypot(ys - centre_y, xs - centre_x)
+    disk = (distance < 20 * scale).astype(np.float64)
+    spots = np.zeros(frame_shape)
+    for angle in np.arange(6) * np.pi / 3:
+        sy = centre_y + 60 * scale * np.sin(angle)
+        sx = centre_x + 60 * scale * np.cos(angle)
+        spots += np.exp(-((ys - sy) ** 2 + (xs - sx) ** 2) / (2 * (4 * scale) ** 2))
+    background = 0.02 * np.exp(-distance / (80 * scale))
+    fraction = fractions[:, np.newaxis, np.newaxis]
+    means: npt.NDArray[np.float64] = dose * (
+        disk * (1 - 0.6 * fraction) + spots * 3 * fraction + background
+    )
+    return means
+
+
 def diffraction_patterns(
     scan_shape: tuple[int, int],
     frame_shape: tuple[int, int] = (256, 256),
@@ -46,7 +69,7 @@ def diffraction_patterns(
     dose: float = 4.0,
     seed: int = 0,
 ) -> Iterator[npt.NDArray[np.uint32]]:
-    """Yield batches of synthetic diffraction patterns in scan order.
+    """Yield batches of synthetic diffraction patterns in scan order, each drawn afresh.
 
     Parameters
     ----------
@@ -70,24 +93,86 @@ def diffraction_patterns(
     """
     rng = np.random.default_rng(seed)
     grains = _grain_map(scan_shape, rng).ravel()
-    rows, cols = frame_shape
-    ys, xs = np.mgrid[0:rows, 0:cols]
-    centre_y, centre_x = rows / 2, cols / 2
-    scale = min(rows, cols) / 256
-    distance = np.hypot(ys - centre_y, xs - centre_x)
-    disk = (distance < 20 * scale).astype(np.float64)
-    spots = np.zeros(frame_shape)
-    for angle in np.arange(6) * np.pi / 3:
-        sy = centre_y + 60 * scale * np.sin(angle)
-        sx = centre_x + 60 * scale * np.cos(angle)
-        spots += np.exp(-((ys - sy) ** 2 + (xs - sx) ** 2) / (2 * (4 * scale) ** 2))
-    background = 0.02 * np.exp(-distance / (80 * scale))
     ceiling = (1 << counter_depth) - 1
     for start in range(0, grains.size, batch_frames):
-        fraction = grains[start : start + batch_frames, np.newaxis, np.newaxis]
-        mean = dose * (disk * (1 - 0.6 * fraction) + spots * 3 * fraction + background)
+        mean = _mean_patterns(frame_shape, grains[start : start + batch_frames], dose)
         counts = rng.poisson(mean).astype(np.uint32)
         yield np.minimum(counts, ceiling, out=counts)
+
+
+class PatternPool:
+    """The patterns of one simulated run: a few noisy draws of each pattern the scan shows.
+
+    A camera's frames differ by their counting noise; drawing it afresh for every frame is
+    far slower than the fastest cameras record. The pool draws each mean pattern of the
+    specimen (over a grain, off it) a few times, and every scan position takes one of the
+    draws of its pattern, chosen at random once: virtual images show the grains, frames
+    next to each other differ, and writing a frame is writing a pattern already encoded.
+
+    Parameters
+    ----------
+    scan_shape
+        ``(x, y)`` scan size.
+    frame_shape
+        ``(rows, cols)`` of each pattern.
+    counter_depth
+        Counter depth in bits; counts are clipped to ``2**counter_depth - 1``.
+    dose
+        Mean counts per pixel inside the central disk.
+    seed
+        Seed of the random generator (the same seed gives the same run).
+
+    Attributes
+    ----------
+    patterns
+        ``(n, rows, cols)`` ``uint32`` counts.
+    choice
+        For each scan position in scan order, the index of its pattern.
+    """
+
+    #: Most bytes of ``uint32`` patterns drawn per run.
+    BUDGET_BYTES = 64 * 2**20
+    #: Most draws of each mean pattern.
+    DRAWS = 16
+
+    def __init__(
+        self,
+        scan_shape: tuple[int, int],
+        frame_shape: tuple[int, int] = (256, 256),
+        *,
+        counter_depth: int = 12,
+        dose: float = 4.0,
+        seed: int = 0,
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        grains = _grain_map(scan_shape, rng).ravel()
+        levels, level_of = np.unique(grains, return_inverse=True)
+        frame_bytes = 4 * frame_shape[0] * frame_shape[1]
+        draws = max(1, min(self.DRAWS, self.BUDGET_BYTES // (len(levels) * frame_bytes)))
+        means = np.repeat(_mean_patterns(frame_shape, levels, dose), draws, axis=0)
+        counts = rng.poisson(means).astype(np.uint32)
+        self.patterns = np.minimum(counts, (1 << counter_depth) - 1, out=counts)
+        self.choice = level_of.astype(np.intp) * draws + rng.integers(0, draws, grains.size)
+
+
+def _pooled_lines(
+    pool: PatternPool,
+    scan_shape: tuple[int, int],
+    *,
+    flyback_frames: int = 0,
+    snake: bool = False,
+    pattern_pool: int = 0,
+) -> Iterator[npt.NDArray[np.intp]]:
+    """Yield the pool index of each frame, scan line by scan line (see :func:`scan_frames`)."""
+    width, height = scan_shape
+    for number in range(height):
+        source = number % pattern_pool if pattern_pool else number
+        line = pool.choice[source * width : (source + 1) * width]
+        if snake and number % 2:
+            line = line[::-1]
+        if flyback_frames:
+            line = np.concatenate([line, np.repeat(line[-1:], flyback_frames)])
+        yield line
 
 
 def scan_frames(
@@ -101,6 +186,9 @@ def scan_frames(
     seed: int = 0,
 ) -> Iterator[npt.NDArray[np.uint32]]:
     """Yield the frames of a scan line by line, in the order a camera records them.
+
+    The frames are those :func:`simulate_mib` and :func:`simulate_tvips` write, drawn from a
+    :class:`PatternPool`.
 
     Parameters
     ----------
@@ -116,8 +204,8 @@ def scan_frames(
     snake
         Serpentine scan: every other line is scanned right to left.
     pattern_pool
-        Draw only this many lines of patterns and repeat them (``0``: draw every line), for
-        simulating fast cameras faster than patterns can be drawn.
+        Repeat the first this many scan lines over the whole scan (``0``: every line its
+        own patterns).
     seed
         Seed of the random generator.
 
@@ -126,91 +214,77 @@ def scan_frames(
     numpy.ndarray
         ``(x + flyback_frames, rows, cols)`` ``uint32`` counts, one scan line.
     """
-    width, height = scan_shape
-    lines = diffraction_patterns(
-        scan_shape, frame_shape, counter_depth=counter_depth, batch_frames=width, seed=seed
+    pool = PatternPool(scan_shape, frame_shape, counter_depth=counter_depth, seed=seed)
+    lines = _pooled_lines(
+        pool, scan_shape, flyback_frames=flyback_frames, snake=snake, pattern_pool=pattern_pool
     )
-    pool: list[npt.NDArray[np.uint32]] = []
-    for number in range(height):
-        if pattern_pool and len(pool) >= pattern_pool:
-            line = pool[number % len(pool)]
-        else:
-            line = next(lines)
-            if pattern_pool:
-                pool.append(line)
-        if snake and number % 2:
-            line = line[::-1]
-        if flyback_frames:
-            line = np.concatenate([line, np.repeat(line[-1:], flyback_frames, axis=0)])
-        yield line
-
-
-def _prefetched(lines: Iterator[npt.NDArray[np.uint32]]) -> Iterator[npt.NDArray[np.uint32]]:
-    """Draw the next scan lines in a thread while the current one is written on time."""
-    ahead: queue.Queue[npt.NDArray[np.uint32] | None] = queue.Queue(maxsize=2)
-    done = threading.Event()
-
-    def draw() -> None:
-        try:
-            for line in lines:
-                while not done.is_set():
-                    with contextlib.suppress(queue.Full):
-                        ahead.put(line, timeout=0.1)
-                        break
-        finally:
-            with contextlib.suppress(queue.Full):
-                ahead.put(None, timeout=1.0)
-
-    worker = threading.Thread(target=draw, name="stemcast-simulate-draw", daemon=True)
-    worker.start()
-    try:
-        while (line := ahead.get()) is not None:
-            yield line
-    finally:
-        done.set()
-        worker.join()
+    for line in lines:
+        yield pool.patterns[line]
 
 
 def _parked(
-    lines: Iterator[npt.NDArray[np.uint32]], before: int, after: int
-) -> Iterator[npt.NDArray[np.uint32]]:
+    lines: Iterator[npt.NDArray[np.intp]], before: int, after: int
+) -> Iterator[npt.NDArray[np.intp]]:
     """Add the frames a camera records while the beam waits at the first and last position."""
-    last: npt.NDArray[np.uint32] | None = None
+    last: npt.NDArray[np.intp] | None = None
     for line in lines:
         if last is None and before:
-            yield np.repeat(line[:1], before, axis=0)
+            yield np.repeat(line[:1], before)
         last = line
         yield line
     if last is not None and after:
-        yield np.repeat(last[-1:], after, axis=0)
+        yield np.repeat(last[-1:], after)
 
 
-def _paced(
-    lines: Iterator[npt.NDArray[np.uint32]], fps: float, flyback_s: float, limit: int | None
-) -> Iterator[npt.NDArray[np.uint32]]:
-    """Cut scan lines into write batches, sleeping to keep ``fps`` (whole lines when 0)."""
-    if fps > 0:
-        lines = _prefetched(lines)
-    start: float | None = None
+#: Least seconds between two writes of a camera at a set frame rate: every frame due is
+#: written at once, so that fast cameras are played with few calls.
+_WRITE_INTERVAL_S = 0.001
+
+
+def _record(
+    lines: Iterator[npt.NDArray[np.intp]],
+    write: Callable[[npt.NDArray[np.intp]], None],
+    fps: float,
+    flyback_s: float,
+    limit: int | None,
+) -> int:
+    """Write the frames of ``lines`` on the camera's schedule; return how many were written.
+
+    With ``fps`` 0 every line is written as soon as the last one was. Otherwise frame ``i``,
+    in line ``n``, is due ``i / fps + n * flyback_s`` after the first, and every frame due is
+    written at once, at most every :data:`_WRITE_INTERVAL_S`: the rate holds on average
+    however fast the camera, and no frame is written before its time.
+    """
     written = 0
+    start: float | None = None
     for number, line in enumerate(lines):
-        # The clock starts with the first line drawn, as the camera's with its first frame.
-        start = time.monotonic() if start is None else start
         if limit is not None:
             line = line[: max(0, limit - written)]
         if fps <= 0:
             if len(line):
-                yield line
+                write(line)
             written += len(line)
         else:
-            for frame in line:
-                delay = start + written / fps + number * flyback_s - time.monotonic()
-                if delay > 0:
+            first, done = written, 0
+            # The clock starts with the first frame, as the camera's does.
+            start = time.monotonic() if start is None else start
+            line_start = start + number * flyback_s
+            while done < len(line):
+                now = time.monotonic()
+                due = min(len(line), math.floor((now - line_start) * fps) + 1 - first)
+                if due > done:
+                    write(line[done:due])
+                    written += due - done
+                    done = due
+                    wake = max(line_start + (first + done) / fps, now + _WRITE_INTERVAL_S)
+                else:
+                    wake = line_start + (first + done) / fps
+                delay = wake - time.monotonic()
+                if done < len(line) and delay > 0:
                     time.sleep(delay)
-                yield frame[np.newaxis]
-                written += 1
         if limit is not None and written >= limit:
-            return
+            break
+    return written
 
 
 def simulate_mib(
@@ -285,45 +359,47 @@ def simulate_mib(
         "scan_shape": (width, scan_shape[1]),
         "flyback_s": flyback_s,
     }
-    lines = scan_frames(
-        scan_shape,
-        frame_shape,
-        counter_depth=counter_depth,
-        flyback_frames=flyback_frames,
-        snake=snake,
-        pattern_pool=pattern_pool,
-        seed=seed,
+    pool = PatternPool(scan_shape, frame_shape, counter_depth=counter_depth, seed=seed)
+    lines = _pooled_lines(
+        pool, scan_shape, flyback_frames=flyback_frames, snake=snake, pattern_pool=pattern_pool
     )
     paths: list[Path] = []
     writer: MibWriter | None = None
+    # The pool's patterns, encoded once for every file of the run.
+    payloads: list[npt.NDArray[Any]] = []
     written = 0
+
+    def write(indices: npt.NDArray[np.intp]) -> None:
+        nonlocal writer, start, written
+        done = 0
+        while done < len(indices):
+            if writer is None or (frames_per_file and writer.frames_written >= frames_per_file):
+                if writer is not None:
+                    writer.commit()
+                stem = f"{name}{len(paths) + 1}" if frames_per_file else name
+                path = folder / f"{stem}.mib"
+                start = start or datetime.now(UTC)
+                offset = written * interval + (written // width) * flyback_s
+                writer = MibWriter(
+                    path,
+                    **common,
+                    frames_expected=total,
+                    hdr_scan_size=hdr_scan_size,
+                    start_time=start + timedelta(seconds=offset),
+                    write_hdr=not paths,
+                    first_sequence=written + 1,
+                )
+                paths.append(path)
+                if not payloads:
+                    payloads.append(writer.payloads(pool.patterns))
+            room = frames_per_file - writer.frames_written if frames_per_file else len(indices)
+            part = indices[done : done + room]
+            writer.write_payloads(payloads[0], part)
+            done += len(part)
+            written += len(part)
+
     try:
-        for batch in _paced(lines, fps, flyback_s, interrupt_after):
-            done = 0
-            while done < len(batch):
-                if writer is None or (frames_per_file and writer.frames_written >= frames_per_file):
-                    if writer is not None:
-                        writer.commit()
-                    path = folder / (
-                        f"{name}{len(paths) + 1}.mib" if frames_per_file else f"{name}.mib"
-                    )
-                    start = start or datetime.now(UTC)
-                    offset = written * interval + (written // width) * flyback_s
-                    writer = MibWriter(
-                        path,
-                        **common,
-                        frames_expected=total,
-                        hdr_scan_size=hdr_scan_size,
-                        start_time=start + timedelta(seconds=offset),
-                        write_hdr=not paths,
-                        first_sequence=written + 1,
-                    )
-                    paths.append(path)
-                room = frames_per_file - writer.frames_written if frames_per_file else len(batch)
-                part = batch[done : done + room]
-                writer.write(part)
-                done += len(part)
-                written += len(part)
+        _record(lines, write, fps, flyback_s, interrupt_after)
         if interrupt_after is not None and writer is not None and written < total:
             # The camera stopped while writing the next frame: half a record stays behind.
             blank = np.zeros(frame_shape, np.uint32)
@@ -407,14 +483,9 @@ def simulate_tvips(
     width = scan_shape[0] + flyback_frames
     positions = width * scan_shape[1]
     frame_shape = (frame_size, frame_size)
-    lines = scan_frames(
-        scan_shape,
-        frame_shape,
-        counter_depth=bits,
-        flyback_frames=flyback_frames,
-        snake=snake,
-        pattern_pool=pattern_pool,
-        seed=seed,
+    pool = PatternPool(scan_shape, frame_shape, counter_depth=bits, seed=seed)
+    lines = _pooled_lines(
+        pool, scan_shape, flyback_frames=flyback_frames, snake=snake, pattern_pool=pattern_pool
     )
     dtype = np.uint8 if bits == 8 else np.uint16
     writer = TvipsWriter(
@@ -427,19 +498,24 @@ def simulate_tvips(
         scan_shape=(scan_shape[1], width),
         start_time=datetime.now(UTC),
     )
-    frames = _parked(lines, frames_before_scan, frames_after_scan)
-    written = 0
+    payloads = writer.payloads(pool.patterns)
+
+    def write(indices: npt.NDArray[np.intp]) -> None:
+        position = np.arange(writer.frames_written, writer.frames_written + len(indices))
+        position -= frames_before_scan
+        scanning = scan_engine & (position >= 0) & (position < positions)
+        writer.write_payloads(
+            payloads,
+            indices,
+            rotidx=np.where(scanning, position + 1, 0),
+            scan_x=np.where(scanning, position % width, 0),
+            scan_y=np.where(scanning, position // width, 0),
+        )
+
     try:
-        for batch in _paced(frames, fps, 0.0, interrupt_after):
-            position = np.arange(written, written + len(batch)) - frames_before_scan
-            scanning = scan_engine & (position >= 0) & (position < positions)
-            writer.write(
-                batch.astype(dtype),
-                rotidx=np.where(scanning, position + 1, 0),
-                scan_x=np.where(scanning, position % width, 0),
-                scan_y=np.where(scanning, position // width, 0),
-            )
-            written += len(batch)
+        written = _record(
+            _parked(lines, frames_before_scan, frames_after_scan), write, fps, 0.0, interrupt_after
+        )
     finally:
         # Committed, not aborted, whatever stopped the run: like a camera that stops, the
         # simulator leaves the parts written so far.

@@ -55,11 +55,11 @@ def test_a_tvips_series_rolls_over_parts_at_the_size_cap(tmp_path: Path) -> None
 
 
 def _interrupted_after(lines: int) -> Callable[..., Iterator[np.ndarray]]:
-    """``scan_frames`` that raises KeyboardInterrupt (Ctrl-C) after ``lines`` scan lines."""
-    scan_frames = simulate.scan_frames
+    """The simulator's scan lines, then KeyboardInterrupt (Ctrl-C) after ``lines`` of them."""
+    pooled_lines = simulate._pooled_lines
 
     def lines_then_interrupt(*args: Any, **kwargs: Any) -> Iterator[np.ndarray]:
-        for number, line in enumerate(scan_frames(*args, **kwargs)):
+        for number, line in enumerate(pooled_lines(*args, **kwargs)):
             if number == lines:
                 raise KeyboardInterrupt
             yield line
@@ -70,7 +70,7 @@ def _interrupted_after(lines: int) -> Callable[..., Iterator[np.ndarray]]:
 def test_a_merlin_simulation_stopped_by_ctrl_c_keeps_the_frames_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(simulate, "scan_frames", _interrupted_after(2))
+    monkeypatch.setattr(simulate, "_pooled_lines", _interrupted_after(2))
     with pytest.raises(KeyboardInterrupt):
         simulate_mib(tmp_path, scan_shape=(6, 6), frame_size=32)
     assert MibRun.open(tmp_path / "scan.mib").frames == 12
@@ -80,7 +80,7 @@ def test_a_merlin_simulation_stopped_by_ctrl_c_keeps_the_frames_written(
 def test_a_tvips_simulation_stopped_by_ctrl_c_keeps_the_parts_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(simulate, "scan_frames", _interrupted_after(3))
+    monkeypatch.setattr(simulate, "_pooled_lines", _interrupted_after(3))
     with pytest.raises(KeyboardInterrupt):
         simulate_tvips(tmp_path, scan_shape=(4, 4), frame_size=32, bits=8, max_file_size=5000)
     assert TvipsSeries.open(tmp_path / "scan_000.tvips").frames == 12

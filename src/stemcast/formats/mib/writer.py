@@ -7,6 +7,7 @@ live tests use it); :func:`write_mib` writes a whole acquisition at once, atomic
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,7 @@ import numpy.typing as npt
 from stemcast._atomic import atomic_path
 from stemcast.batch import FrameBatch
 from stemcast.errors import ParameterError, UnsupportedError
+from stemcast.formats._writev import write_all
 from stemcast.formats.mib.layout import MibLayout
 from stemcast.formats.mib.spec import (
     COUNTER_DEPTHS,
@@ -247,8 +249,7 @@ class MibWriter(FrameSink):
                 [self._header(start + i, stamp) for i, stamp in enumerate(stamps)],
                 dtype=f"S{self.layout.header_size}",
             )
-        template = np.frombuffer(self._header(0, stamps[0]), dtype=np.uint8)
-        headers = np.tile(template, (count, 1))
+        headers = np.tile(self._template, (count, 1))
         sequence = self.first_sequence + start + np.arange(count)
         powers = 10 ** np.arange(5, -1, -1)
         headers[:, 4:10] = ord("0") + (sequence[:, np.newaxis] // powers) % 10
@@ -260,7 +261,12 @@ class MibWriter(FrameSink):
         headers[:, utc : utc + 29] = iso_bytes
         return headers.view(f"S{self.layout.header_size}").ravel()
 
-    @property
+    @functools.cached_property
+    def _template(self) -> npt.NDArray[np.uint8]:
+        """The first frame's header: :meth:`_headers` replaces its number and timestamps."""
+        return np.frombuffer(self._header(0, self.start_ns), dtype=np.uint8)
+
+    @functools.cached_property
     def _stamp_offsets(self) -> tuple[int, int]:
         """Byte offsets of the local and UTC timestamps in a header (fields 9 and MQ1A + 1)."""
         text = self._header(0, self.start_ns).decode("latin-1")
@@ -348,6 +354,60 @@ class MibWriter(FrameSink):
         records = self.records(batch.frames if isinstance(batch, FrameBatch) else batch)
         self._stream.write(records.view(np.uint8).data)
         self.frames_written += len(records)
+
+    def payloads(self, frames: npt.ArrayLike) -> npt.NDArray[Any]:
+        """Encode frames into record payloads, as :meth:`write_payloads` takes them.
+
+        Parameters
+        ----------
+        frames
+            One frame ``(rows, cols)`` or a batch ``(n, rows, cols)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n,) + MibLayout.payload_shape`` payloads of ``MibLayout.stored_dtype``.
+        """
+        return np.ascontiguousarray(self.records(frames)["data"])
+
+    def write_payloads(
+        self, payloads: npt.NDArray[Any], indices: Sequence[int] | npt.NDArray[np.integer[Any]]
+    ) -> None:
+        """Append frames that repeat payloads already encoded: frame ``k`` is ``indices[k]``.
+
+        A camera simulator writes a small pool of patterns over and over this way: the
+        records go to the file straight from the pool (one ``writev`` call per batch), with
+        their own headers (sequence numbers, timestamps).
+
+        Parameters
+        ----------
+        payloads
+            Payloads from :meth:`payloads`.
+        indices
+            The payload of each frame to append.
+
+        Raises
+        ------
+        ParameterError
+            If the payloads do not fit the writer, or it was committed or aborted.
+        """
+        self.check_open()
+        layout = self.layout
+        if payloads.shape[1:] != layout.payload_shape or payloads.dtype != layout.stored_dtype:
+            raise ParameterError(
+                f"payloads of shape {payloads.shape} and type {payloads.dtype} are not "
+                f"{layout.payload_shape} of {layout.stored_dtype}",
+                parameter="payloads",
+            )
+        count = len(indices)
+        headers = self._headers(self.frames_written, count).view(np.uint8).data.cast("B")
+        size = layout.header_size
+        pool = [np.ascontiguousarray(payload).data.cast("B") for payload in payloads]
+        buffers: list[memoryview] = []
+        for record, index in enumerate(np.asarray(indices).tolist()):
+            buffers += (headers[record * size : (record + 1) * size], pool[index])
+        write_all(self._stream.fileno(), buffers)
+        self.frames_written += count
 
     def write_partial(self, frame: npt.ArrayLike, nbytes: int) -> None:
         """Append only the first ``nbytes`` bytes of the next frame's record.

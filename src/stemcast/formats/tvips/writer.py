@@ -34,6 +34,7 @@ import numpy.typing as npt
 from stemcast._atomic import AtomicFile
 from stemcast.batch import FrameBatch
 from stemcast.errors import ParameterError
+from stemcast.formats._writev import write_all
 from stemcast.formats.tvips.layout import TvipsLayout
 from stemcast.formats.tvips.run import EXTENSION, is_tvips, part_files, part_path, split_part
 from stemcast.formats.tvips.spec import (
@@ -51,8 +52,6 @@ __all__ = ["TvipsWriter", "file_writer", "writer_base"]
 
 _logger = logging.getLogger(__name__)
 
-#: Buffers per ``writev`` call (POSIX guarantees at least 16; Linux allows 1024).
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 #: Bytes of frames :func:`file_writer` holds in memory at a time (numpy and iterable input).
 _BATCH_BYTES = 8 * 2**20
 #: Bytes written between two background flushes.
@@ -282,7 +281,7 @@ class TvipsWriter(FrameSink):
         self.paths.append(path)
         self._part_frames = 0
         if main_header:
-            _write_all(self._fd, [memoryview(main_header)])
+            write_all(self._fd, [memoryview(main_header)])
 
     def _close_part(self) -> None:
         if self._fd is not None:
@@ -414,23 +413,87 @@ class TvipsWriter(FrameSink):
         """
         self.check_open()
         frames = self._frames(batch)
-        headers = self.headers(len(frames), fields)
-        rows = headers.view(np.uint8).reshape(len(frames), self.layout.header_bytes)
+        self._append([frame.data for frame in frames], range(len(frames)), fields)
+
+    def payloads(self, frames: npt.ArrayLike) -> npt.NDArray[Any]:
+        """Frames as :meth:`write_payloads` takes them: C-contiguous pixels of the series type.
+
+        Parameters
+        ----------
+        frames
+            One frame ``(rows, columns)`` or a batch ``(n, rows, columns)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, rows, columns)`` pixels of the series type.
+
+        Raises
+        ------
+        ParameterError
+            If the frames do not fit the series.
+        """
+        return self._frames(frames)
+
+    def write_payloads(
+        self,
+        payloads: npt.NDArray[Any],
+        indices: Sequence[int] | npt.NDArray[np.integer[Any]],
+        **fields: npt.ArrayLike,
+    ) -> None:
+        """Append frames that repeat payloads already encoded: frame ``k`` is ``indices[k]``.
+
+        A camera simulator writes a small pool of patterns over and over this way: the
+        records are written straight from the pool, with their own headers.
+
+        Parameters
+        ----------
+        payloads
+            Frames from :meth:`payloads`.
+        indices
+            The payload of each frame to append.
+        **fields
+            Frame header values, as for :meth:`write`.
+
+        Raises
+        ------
+        ParameterError
+            If the payloads do not fit the series, or the writer was committed or aborted.
+        """
+        self.check_open()
+        pixel = self.layout.pixel_dtype
+        if payloads.shape[1:] != self.layout.frame_shape or payloads.dtype != pixel:
+            raise ParameterError(
+                f"payloads of shape {payloads.shape} and type {payloads.dtype} are not frames "
+                f"{self.layout.frame_shape} of {pixel}",
+                parameter="payloads",
+            )
+        pool = [np.ascontiguousarray(frame).data for frame in payloads]
+        self._append(pool, np.asarray(indices).tolist(), fields)
+
+    def _append(
+        self, payloads: list[memoryview], indices: Sequence[int], fields: Mapping[str, Any]
+    ) -> None:
+        """Write records of ``payloads[indices[k]]``, starting parts at the size cap."""
+        total = len(indices)
+        headers = self.headers(total, fields)
+        rows = headers.view(np.uint8).data.cast("B")
+        size = self.layout.header_bytes
         done = 0
-        while done < len(frames):
+        while done < total:
             capacity = self._capacity[0 if len(self.paths) == 1 else 1]
             if self._part_frames >= capacity:
                 self._next_part()
-            count = min(len(frames) - done, capacity - self._part_frames)
+            count = min(total - done, capacity - self._part_frames)
             buffers: list[memoryview] = []
             for record in range(done, done + count):
-                buffers += (memoryview(rows[record]), memoryview(frames[record]).cast("B"))
+                buffers += (rows[record * size : (record + 1) * size], payloads[indices[record]])
             assert self._fd is not None
-            _write_all(self._fd, buffers)
+            write_all(self._fd, buffers)
             self._flusher.wrote(self._fd, count * self.layout.record_size)
             self._part_frames += count
             done += count
-        self.frames_written += len(frames)
+        self.frames_written += total
 
 
 class _Flusher:
@@ -485,28 +548,6 @@ def _sync_and_close(fd: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, buffers: list[memoryview]) -> None:
-    """Write all ``buffers`` to ``fd`` in order, ``writev`` calls resumed after short writes."""
-    if not hasattr(os, "writev"):
-        for buffer in buffers:
-            view = buffer.cast("B")
-            while view:
-                view = view[os.write(fd, view) :]
-        return
-    pending = [buffer.cast("B") for buffer in buffers]
-    first = 0
-    while first < len(pending):
-        written = os.writev(fd, pending[first : first + _IOV_MAX])
-        while written and first < len(pending):
-            size = len(pending[first])
-            if written >= size:
-                written -= size
-                first += 1
-            else:
-                pending[first] = pending[first][written:]
-                written = 0
 
 
 # --------------------------------------------------------------------------------------------
