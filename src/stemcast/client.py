@@ -16,6 +16,7 @@ preview channel (PUB, ``preview=True``) gives a sample of the frames to any numb
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -261,9 +262,13 @@ class Subscriber:
                 return event
 
     def _receive_one(self) -> Event | None:
-        self._wait()
-        parts = self.socket.recv_multipart(copy=False)
-        header = decode_header(parts[0].buffer)
+        try:
+            # Most messages are there already when the last one is consumed: no poll.
+            parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._wait()
+            parts = self.socket.recv_multipart(copy=False)
+        header = decode_header(parts[0].bytes)
         htype = header["htype"]
         if htype == ERROR:
             raise SubscriptionError(str(header.get("reason")))
@@ -322,10 +327,17 @@ class Subscriber:
 def _event(header: dict[str, Any], parts: list[Any]) -> Event:
     htype = header["htype"]
     if htype == FRAME:
-        data = np.frombuffer(parts[1].buffer, dtype=np.dtype(header["dtype"]))
+        # A view of the message ZeroMQ received: no copy.
+        data = np.frombuffer(parts[1].buffer, dtype=_dtype(header["dtype"]))
         return Frame(header, data.reshape(header["shape"]))
     if htype == SERIES:
         return SeriesStart(header)
     if htype == SERIES_END:
         return SeriesEnd(header)
     raise ValueError(f"unknown message type {htype!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype(spelled: str) -> np.dtype[Any]:
+    """Return the dtype a header spells (parsed once per spelling)."""
+    return np.dtype(spelled)

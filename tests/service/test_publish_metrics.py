@@ -14,7 +14,7 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from stemcast.client import Frame, SeriesEnd, Subscriber
-from stemcast.service.live.catalog import SeriesEntry
+from stemcast.service.live.catalog import FrameFields, SeriesEntry
 from stemcast.service.live.publisher import Publisher, SeriesState
 from stemcast.service.live.tail import MibSource, series_fields
 from stemcast.service.metrics import Metrics
@@ -101,7 +101,7 @@ def test_sent_frames_bytes_and_dropped_previews_are_counted(tmp_path: Path) -> N
             consumer = threading.Thread(target=consume, args=(publisher.data_address,))
             consumer.start()
             batch = source.read(0, 10)
-            publisher.frames(state, entry, batch, [{} for _ in range(10)])
+            publisher.frames(state, entry, batch, FrameFields(times_ns=None, exposure_ms=None))
             publisher.series_end(state, entry, {"status": "complete"})
             await asyncio.to_thread(consumer.join, 10)
             values = samples(metrics)

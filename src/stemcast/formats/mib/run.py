@@ -20,6 +20,7 @@ import numpy.typing as npt
 from stemcast.batch import FrameBatch
 from stemcast.errors import FormatError, ParameterError
 from stemcast.formats._mmap import MmapMode
+from stemcast.formats._strided import read_strided
 from stemcast.formats.mib.layout import MibLayout
 from stemcast.formats.mib.spec import (
     PREFIX_SIZE,
@@ -403,6 +404,41 @@ class MibRun(Source):
             segment_index, local = segment_index + 1, 0
         return records
 
+    def read_headers(self, start: int, stop: int) -> npt.NDArray[Any]:
+        """Read only the frame headers of records ``start:stop``, one positional read each.
+
+        For a growing file: no memory map (a file that shrinks gives an error, not a
+        crash), and none of the pixels read.
+
+        Parameters
+        ----------
+        start, stop
+            Frame range, ``0 <= start <= stop <= frames``.
+
+        Returns
+        -------
+        numpy.ndarray
+            The headers (``S{header_size}``), checked as :meth:`read_records` checks them.
+        """
+        if not 0 <= start <= stop <= self.frames:
+            raise ParameterError(
+                f"frame range {start}:{stop} outside 0:{self.frames}", parameter="frames"
+            )
+        size, record = self.layout.header_size, self.layout.record_size
+        raw = np.empty((stop - start, size), np.uint8)
+        filled = 0
+        segment_index, local = self._locate(start)
+        while filled < len(raw):
+            segment = self.segments[segment_index]
+            count = min(segment.frames - local, len(raw) - filled)
+            read_strided(segment.path, local * record, record, raw[filled : filled + count])
+            check_header_bytes(
+                raw[filled : filled + count], self.layout, segment.path, local * record
+            )
+            filled += count
+            segment_index, local = segment_index + 1, 0
+        return raw.view(f"S{size}").ravel()
+
     def memmap(self, start: int, stop: int, mode: MmapMode) -> npt.NDArray[Any] | None:
         """Memory-map records ``start:stop`` when they lie in one file, else ``None``."""
         segment_index, local = self._locate(start)
@@ -512,6 +548,25 @@ def check_headers(records: npt.NDArray[Any], layout: MibLayout, path: str, offse
     if len(records) == 0:
         return
     raw = records.view(np.uint8).reshape(len(records), layout.record_size)
+    check_header_bytes(raw[:, : layout.header_size], layout, path, offset)
+
+
+def check_header_bytes(
+    raw: npt.NDArray[np.uint8], layout: MibLayout, path: str, offset: int
+) -> None:
+    """Check frame headers given as rows of bytes, as :func:`check_headers` does.
+
+    Parameters
+    ----------
+    raw
+        ``(n, header_size)`` bytes of consecutive records' headers.
+    layout
+        The expected layout.
+    path, offset
+        The file and the byte offset of the first record, for the error message.
+    """
+    if len(raw) == 0:
+        return
     expected = np.frombuffer(b"MQ1,", np.uint8)
     size_text = np.frombuffer(f"{layout.header_size:05d}".encode(), np.uint8)
     seven_digits = (raw[:, 10] != ord(","))[:, np.newaxis]

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from stemcast.batch import FrameBatch
 from stemcast.errors import FormatError, ParameterError
+from stemcast.formats._strided import read_strided
 from stemcast.formats.tvips.layout import TvipsLayout
 from stemcast.formats.tvips.spec import (
     MAIN_HEADER_SIZE,
@@ -432,7 +433,9 @@ class TvipsSeries(Source):
             return np.empty(0, dtype=self.layout.header_dtype)
         return np.concatenate(pieces)
 
-    def read_records(self, start: int, stop: int) -> npt.NDArray[Any]:
+    def read_records(
+        self, start: int, stop: int, out: npt.NDArray[Any] | None = None
+    ) -> npt.NDArray[Any]:
         """Read complete records ``start:stop`` with plain reads (no memory map).
 
         This is what the live tailer uses on files that grow: it reads only bytes that the
@@ -442,6 +445,9 @@ class TvipsSeries(Source):
         ----------
         start, stop
             Frame range, ``0 <= start <= stop <= frames``.
+        out
+            Optional C-contiguous array of ``stop - start`` records
+            (:attr:`TvipsLayout.record_dtype`) to read into, e.g. a reused buffer.
 
         Returns
         -------
@@ -450,7 +456,16 @@ class TvipsSeries(Source):
         """
         self._check_range(start, stop)
         layout = self.layout
-        records = np.empty(stop - start, dtype=layout.record_dtype)
+        if out is not None and (
+            out.shape != (stop - start,)
+            or out.dtype != layout.record_dtype
+            or not out.flags.c_contiguous
+        ):
+            raise ParameterError(
+                f"out must be {stop - start} contiguous records of {layout.record_dtype}",
+                parameter="out",
+            )
+        records = np.empty(stop - start, dtype=layout.record_dtype) if out is None else out
         buffer = records.view(np.uint8)
         bounds = self.bounds()
         filled = 0
@@ -475,6 +490,43 @@ class TvipsSeries(Source):
             )
             filled += hi - lo
         return records
+
+    def read_headers(self, start: int, stop: int) -> npt.NDArray[Any]:
+        """Read only the frame headers of records ``start:stop``, one positional read each.
+
+        Parameters
+        ----------
+        start, stop
+            Frame range, ``0 <= start <= stop <= frames``.
+
+        Returns
+        -------
+        numpy.ndarray
+            The headers (:attr:`TvipsLayout.header_dtype`), checked as :meth:`read_records`
+            checks them.
+        """
+        self._check_range(start, stop)
+        layout = self.layout
+        headers = np.empty(stop - start, dtype=layout.header_dtype)
+        raw = headers.view(np.uint8).reshape(stop - start, layout.header_bytes)
+        bounds = self.bounds()
+        filled = 0
+        for number, part in enumerate(self.parts):
+            lo = max(start, int(bounds[number])) - int(bounds[number])
+            hi = min(stop, int(bounds[number + 1])) - int(bounds[number])
+            if hi <= lo:
+                continue
+            offset = part.offset + lo * layout.record_size
+            read_strided(part.path, offset, layout.record_size, raw[filled : filled + hi - lo])
+            layout.check_headers(
+                headers[filled : filled + hi - lo],
+                path=part.path,
+                offset=offset,
+                first=lo,
+                not_before_ms=self._not_before,
+            )
+            filled += hi - lo
+        return headers
 
     def batches(
         self, start: int = 0, stop: int | None = None, *, batch_frames: int = 64

@@ -18,13 +18,40 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from stemcast.batch import FrameBatch
+import numpy as np
+import numpy.typing as npt
+
+from stemcast.batch import BufferPool, FrameBatch
 from stemcast.service.live.tail import FollowedRun
 
-__all__ = ["Behind", "Catalog", "FrameMeta", "SeriesEntry"]
+__all__ = ["Behind", "Catalog", "FrameFields", "SeriesEntry"]
 
-#: Header fields of each frame of a batch: timestamp, exposure and scan position.
-FrameMeta = list[dict[str, Any]]
+
+@dataclass(frozen=True, slots=True)
+class FrameFields:
+    """The header fields of a batch's frames that their records give.
+
+    Attributes
+    ----------
+    times_ns
+        Acquisition time of each frame in ns since the epoch, ``None`` when the records have
+        none.
+    exposure_ms
+        Exposure of the frames, if known.
+    """
+
+    times_ns: npt.NDArray[np.int64] | None
+    exposure_ms: float | None
+
+    def __getitem__(self, frames: slice) -> FrameFields:
+        """Return the fields of a slice of the batch's frames."""
+        times = None if self.times_ns is None else self.times_ns[frames]
+        return FrameFields(times, self.exposure_ms)
+
+    def timestamp(self, offset: int) -> int | None:
+        """Acquisition time of frame ``offset`` of the batch, if known."""
+        return None if self.times_ns is None else int(self.times_ns[offset])
+
 
 #: Seconds within which frames made readable are recorded as one step (they are then said
 #: readable from the first of them): at most this many more seconds of lag, and at most
@@ -83,7 +110,7 @@ class SeriesEntry:
     #: the consumers (appended in the event loop, read by scrapes in other threads).
     _steps: array[int] = field(default_factory=lambda: array("q"), init=False, repr=False)
     _step_times: array[float] = field(default_factory=lambda: array("d"), init=False, repr=False)
-    recent: tuple[FrameBatch, FrameMeta] | None = field(default=None, repr=False)
+    recent: tuple[FrameBatch, FrameFields] | None = field(default=None, repr=False)
 
     @property
     def ended(self) -> bool:
@@ -127,33 +154,28 @@ class SeriesEntry:
         since = self.readable_since(frame) if frames else None
         return Behind(frames, frames * self.frame_bytes, since)
 
-    def read(self, start: int, stop: int) -> tuple[FrameBatch, FrameMeta]:
+    def read(
+        self, start: int, stop: int, buffers: BufferPool | None = None
+    ) -> tuple[FrameBatch, FrameFields]:
         """Read frames ``start:stop`` back from the files, with their header fields (blocks).
 
         Parameters
         ----------
         start, stop
             Frame range, within :attr:`frames`.
+        buffers
+            Where to read them (see :meth:`FollowedRun.read`).
 
         Returns
         -------
         tuple
-            The decoded batch and the header fields of each of its frames.
+            The decoded batch and the header fields of its frames.
         """
-        batch = self.source.read(start, stop)
-        times = self.source.times_ns(batch)
-        exposure = self.source.exposure_ms(batch)
-        meta = [
-            {
-                "timestamp_ns": None if times is None else int(times[offset]),
-                "exposure_ms": exposure,
-                "nav_position": self.position(start + offset),
-            }
-            for offset in range(len(batch))
-        ]
-        return batch, meta
+        batch = self.source.read(start, stop, buffers)
+        headers = batch.headers
+        return batch, FrameFields(self.source.times_ns(headers), self.source.exposure_ms(headers))
 
-    def recent_frames(self, start: int, stop: int) -> tuple[FrameBatch, FrameMeta] | None:
+    def recent_frames(self, start: int, stop: int) -> tuple[FrameBatch, FrameFields] | None:
         """Frames from ``start`` to at most ``stop`` out of :attr:`recent`, if it holds ``start``.
 
         Parameters
@@ -170,11 +192,11 @@ class SeriesEntry:
         """
         if self.recent is None:
             return None
-        batch, meta = self.recent
+        batch, fields = self.recent
         if not batch.start <= start < batch.stop:
             return None
         low, high = start - batch.start, min(stop, batch.stop) - batch.start
-        return FrameBatch(start, batch.frames[low:high], batch.headers[low:high]), meta[low:high]
+        return FrameBatch(start, batch.frames[low:high], batch.headers[low:high]), fields[low:high]
 
 
 class Catalog:
@@ -214,7 +236,7 @@ class Catalog:
         self._changed()
 
     def advance(
-        self, entry: SeriesEntry, frames: int, recent: tuple[FrameBatch, FrameMeta] | None = None
+        self, entry: SeriesEntry, frames: int, recent: tuple[FrameBatch, FrameFields] | None = None
     ) -> None:
         """Make frames up to ``frames`` of ``entry`` readable.
 
@@ -226,10 +248,10 @@ class Catalog:
             Frames that can be read now.
         recent
             The batch just read that ends at ``frames``, with the header fields of its
-            frames: consumers that keep up take their frames from it.
+            frames: consumers that keep up take their frames from it (``None``: nobody
+            takes them now, the consumers read them back from the files).
         """
-        if recent is not None:
-            entry.recent = recent
+        entry.recent = recent
         if frames > entry.frames:
             entry.readable(frames, time.monotonic())
             entry.frames = frames

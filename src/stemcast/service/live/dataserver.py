@@ -29,8 +29,17 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from stemcast.batch import BufferPool
 from stemcast.errors import StemcastError
-from stemcast.protocol import CREDIT, ERROR, FRAME, SERIES, SERIES_END, SUBSCRIBE, encode_header
+from stemcast.protocol import (
+    CREDIT,
+    ERROR,
+    SERIES,
+    SERIES_END,
+    SUBSCRIBE,
+    FrameHeaders,
+    encode_header,
+)
 from stemcast.service.live.catalog import Behind, Catalog, SeriesEntry
 from stemcast.service.metrics import Metrics
 
@@ -60,6 +69,8 @@ class _Session:
     messages: int = 0
     frames_sent: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: Where this client's frames are read back from the files (reused once sent).
+    buffers: BufferPool = field(default_factory=BufferPool, repr=False)
 
 
 class DataServer:
@@ -104,6 +115,9 @@ class DataServer:
         self.socket.sndhwm = 2 * max_credit + 16
         self.socket.linger = 0
         self.socket.bind(endpoint)
+        # Frames are sent from this plain socket sharing the asyncio socket's ZeroMQ socket:
+        # a batch of sends with no future per message (waiting only when ZeroMQ is full).
+        self._sender: zmq.Socket[bytes] = zmq.Socket.shadow(self.socket.underlying)
         self.sessions: dict[bytes, _Session] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -135,6 +149,32 @@ class DataServer:
                     continue
             lags[session.identity.hex()] = self.catalog.behind(entry, frame)
         return lags
+
+    def keeping_up(self, entry: SeriesEntry, frame: int) -> bool:
+        """Whether a client would take frame ``frame`` of ``entry`` as soon as it is readable.
+
+        Such a client is at most a batch behind it in that series, or waits for the series
+        to start while ``frame`` is in its first batch.
+
+        Parameters
+        ----------
+        entry
+            The series.
+        frame
+            The first frame of a batch about to be read.
+
+        Returns
+        -------
+        bool
+            Whether any client is that close.
+        """
+        within = max(1, self.batch_bytes // max(1, entry.frame_bytes))
+        for session in list(self.sessions.values()):
+            if session.entry is entry and session.frame + within > frame:
+                return True
+            if session.entry is None and frame < within:
+                return True
+        return False
 
     def start(self) -> None:
         """Start taking clients (in the running event loop)."""
@@ -336,35 +376,58 @@ class DataServer:
         await self._send(session.identity, header, *data)
 
     async def _frames(self, session: _Session, entry: SeriesEntry) -> None:
-        rows, cols = entry.source.frame_shape
-        per_frame = max(1, rows * cols * entry.source.dtype.itemsize)
+        """Send the client its next frames, at most a batch and its credit."""
+        per_frame = max(1, entry.frame_bytes)
         count = min(
             session.credit, entry.frames - session.frame, max(1, self.batch_bytes // per_frame)
         )
         started = time.perf_counter()
         # A client that keeps up takes the batch the follower has just read; one behind
-        # reads its frames back from the files.
+        # reads its frames back from the files, into buffers of its own.
         recent = entry.recent_frames(session.frame, session.frame + count)
         if recent is None:
-            recent = await asyncio.to_thread(entry.read, session.frame, session.frame + count)
-        batch, meta = recent
-        common = {
-            "htype": FRAME,
-            "series": entry.series,
-            "shape": entry.header["shape"],
-            "dtype": entry.header["dtype"],
-        }
-        for offset, extra in enumerate(meta):
-            header = {
-                **common,
-                "frame": batch.start + offset,
-                "sequence": session.frames_sent,
-                **extra,
+            recent = await asyncio.to_thread(
+                entry.read, session.frame, session.frame + count, session.buffers
+            )
+        batch, fields = recent
+        headers = FrameHeaders(
+            {
+                "series": entry.series,
+                "shape": entry.header["shape"],
+                "dtype": entry.header["dtype"],
+                "exposure_ms": fields.exposure_ms,
             }
+        )
+        times = None if fields.times_ns is None else fields.times_ns.tolist()
+        identity = session.identity
+        for offset in range(len(batch)):
+            frame = batch.start + offset
+            header = headers.encode(
+                frame,
+                session.frames_sent,
+                session.messages,
+                None if times is None else times[offset],
+                entry.position(frame),
+            )
+            # The pixels go without a copy: ZeroMQ holds the batch's buffer until sent.
+            await self._deliver([identity, header, batch.frames[offset]])
+            session.messages += 1
+            session.credit -= 1
             session.frames_sent += 1
-            await self._message(session, header, batch.frames[offset])
         session.frame = batch.stop
+        # Sends outside the asyncio socket consume its edge-triggered wake-ups: look at its
+        # events again so that the client's next requests are received.
+        self.socket.get(zmq.EVENTS)
         if self.metrics is not None:
             detector = str(entry.header.get("detector", "unknown"))
             self.metrics.publish_latency(detector, time.perf_counter() - started)
             self.metrics.published(detector, len(batch), batch.frames.nbytes)
+        # Other clients, the followers and the requests go on between two batches.
+        await asyncio.sleep(0)
+
+    async def _deliver(self, parts: list[Any]) -> None:
+        """Send a message at once if ZeroMQ takes it, else wait until it can."""
+        try:
+            self._sender.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            await self.socket.send_multipart(parts, copy=False)

@@ -27,12 +27,15 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stemcast.batch import FrameBatch
+import numpy.typing as npt
+
+from stemcast.batch import BufferPool, FrameBatch
 from stemcast.errors import StemcastError
 from stemcast.service.config import ServiceSettings
-from stemcast.service.live.catalog import SeriesEntry
+from stemcast.service.live.catalog import FrameFields, SeriesEntry
 from stemcast.service.live.navigation import NavigationTracker
 from stemcast.service.live.publisher import Publisher, SeriesState
 from stemcast.service.live.tail import FollowedRun, series_fields
@@ -50,6 +53,26 @@ _logger = logging.getLogger(__name__)
 
 #: Seconds between two writes of a run's frame count to the registry.
 _RECORD_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Records:
+    """Records the follower read: their headers, and their frames when someone wants them."""
+
+    start: int
+    headers: npt.NDArray[Any]
+    batch: FrameBatch | None
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.headers)
+
+    def cut(self, keep: int) -> _Records:
+        """Keep only the first ``keep`` records."""
+        batch = self.batch
+        if batch is not None:
+            batch = FrameBatch(batch.start, batch.frames[:keep], batch.headers[:keep])
+        return _Records(self.start, self.headers[:keep], batch)
 
 
 class RunFollower:
@@ -113,7 +136,9 @@ class RunFollower:
         self.superseded = asyncio.Event()
         self.published = 0
         self.status: RunStatus | None = None
-        self._ahead: asyncio.Task[FrameBatch] | None = None
+        self._ahead: asyncio.Task[_Records] | None = None
+        #: Where batches are read: reused once the data clients have sent their frames.
+        self._buffers = BufferPool()
         self.state = SeriesState(resume or str(uuid.uuid4()), series_fields(source))
         self.navigation = NavigationTracker(
             user=settings.navigation_shape,
@@ -253,17 +278,24 @@ class RunFollower:
             return RunStatus.INTERRUPTED, f"{why}; the scan was cut short: {short}"
         return RunStatus.COMPLETE, why
 
-    def _read(self, start: int, stop: int) -> asyncio.Task[FrameBatch]:
-        return asyncio.ensure_future(asyncio.to_thread(self._read_timed, start, stop))
+    def _read(self, start: int, stop: int) -> asyncio.Task[_Records]:
+        # The frames are read only if a consumer would take them from this batch (a data
+        # client keeping up, a preview due); the others read them back from the files.
+        frames = self.publisher.wants_frames(self.state, self.entry, start)
+        return asyncio.ensure_future(asyncio.to_thread(self._read_timed, start, stop, frames))
 
-    def _read_timed(self, start: int, stop: int) -> FrameBatch:
-        """Read and decode records ``start:stop``, timing the work (counted once published)."""
+    def _read_timed(self, start: int, stop: int, frames: bool) -> _Records:
+        """Read records ``start:stop`` (their headers only unless ``frames``), timing it."""
         began = time.perf_counter()
-        batch = self.source.read(start, stop)
+        if frames:
+            batch = self.source.read(start, stop, self._buffers)
+            records = _Records(start, batch.headers, batch)
+        else:
+            records = _Records(start, self.source.read_headers(start, stop), None)
         if self.metrics is not None:
             detector = self.source.detector
             self.metrics.decode_latency(detector, time.perf_counter() - began)
-        return batch
+        return records
 
     def _report_lag(self) -> None:
         """Tell the metrics how many complete frames wait, and since when the oldest does."""
@@ -295,35 +327,29 @@ class RunFollower:
         self._report_lag()
         reading = self._ahead or self._read(self.published, min(available, self.published + size))
         self._ahead = None
-        batch = await reading
-        following = min(available, batch.stop + size)
-        if batch.stop < following:
-            self._ahead = self._read(batch.stop, following)
-        times = self.source.times_ns(batch)
+        records = await reading
+        following = min(available, records.stop + size)
+        if records.stop < following:
+            self._ahead = self._read(records.stop, following)
+        headers = records.headers
+        times = self.source.times_ns(headers)
         evidence = times if self.source.timestamps_show_lines else None
-        found = self.navigation.add(evidence, self.source.header_fields(batch))
+        found = self.navigation.add(evidence, self.source.header_fields(headers))
         expected = self.navigation.frames_expected
-        if expected is not None and batch.stop > expected:
+        if expected is not None and records.stop > expected:
             # The scan ended within the batch (its rotator index dropped): the rest is not
             # part of the run.
-            keep = max(0, expected - batch.start)
-            batch = FrameBatch(batch.start, batch.frames[:keep], batch.headers[:keep])
-            times = None if times is None else times[:keep]
+            records = records.cut(max(0, expected - records.start))
+            times = None if times is None else times[: len(records.headers)]
+        count = len(records.headers)
         if self.metrics is not None:
-            self.metrics.ingested(
-                self.source.detector, len(batch), len(batch) * self.source.record_size
-            )
-        exposure = self.source.exposure_ms(batch)
-        per_frame = [
-            {
-                "timestamp_ns": None if times is None else int(times[offset]),
-                "exposure_ms": exposure,
-                "nav_position": self.navigation.position(batch.start + offset),
-            }
-            for offset in range(len(batch))
-        ]
-        self.publisher.frames(self.state, self.entry, batch, per_frame)
-        self.published = batch.stop
+            self.metrics.ingested(self.source.detector, count, count * self.source.record_size)
+        fields = FrameFields(times, self.source.exposure_ms(records.headers))
+        if records.batch is None:
+            self.publisher.readable(self.state, self.entry, records.stop, count)
+        else:
+            self.publisher.frames(self.state, self.entry, records.batch, fields)
+        self.published = records.stop
         scan = self.navigation.scan
         if self.live is not None:
             # A scan found from the rotator index need not be the frames in order (frames

@@ -24,7 +24,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from stemcast.batch import FrameBatch
 from stemcast.protocol import FRAME, SERIES, SERIES_END, encode_header
-from stemcast.service.live.catalog import Catalog, FrameMeta, SeriesEntry
+from stemcast.service.live.catalog import Catalog, FrameFields, SeriesEntry
 from stemcast.service.live.dataserver import DataServer
 from stemcast.service.metrics import Metrics
 
@@ -138,7 +138,7 @@ class Publisher:
         self._preview({"htype": SERIES, **entry.header, "first_frame": 0})
 
     def frames(
-        self, state: SeriesState, entry: SeriesEntry, batch: FrameBatch, meta: FrameMeta
+        self, state: SeriesState, entry: SeriesEntry, batch: FrameBatch, fields: FrameFields
     ) -> None:
         """Make the frames of a batch readable by the data clients; preview some of them.
 
@@ -150,28 +150,77 @@ class Publisher:
             Its catalog entry.
         batch
             The frames the follower has just read.
-        meta
-            Header fields of each frame (timestamp, exposure, scan position).
+        fields
+            Header fields of its frames (timestamps, exposure).
         """
-        common = {
-            "htype": FRAME,
-            "series": entry.series,
-            "shape": entry.header["shape"],
-            "dtype": entry.header["dtype"],
-        }
         previewed = 0
-        for offset, extra in enumerate(meta):
-            now = time.monotonic()
-            if now - state.last_preview >= self.preview_interval:
-                state.last_preview = now
-                header = {**common, "frame": batch.start + offset, "sequence": self.sequence}
-                previewed += self._preview({**header, **extra}, batch.frames[offset])
-            self.sequence += 1
-        state.frames_sent += len(meta)
-        self.catalog.advance(entry, batch.stop, (batch, meta))
+        now = time.monotonic()
+        if len(batch) and now - state.last_preview >= self.preview_interval:
+            # The first frame of the batch: batches come far more often than previews.
+            state.last_preview = now
+            offset = 0
+            header = {
+                "htype": FRAME,
+                "series": entry.series,
+                "shape": entry.header["shape"],
+                "dtype": entry.header["dtype"],
+                "frame": batch.start + offset,
+                "sequence": self.sequence + offset,
+                "timestamp_ns": fields.timestamp(offset),
+                "exposure_ms": fields.exposure_ms,
+                "nav_position": entry.position(batch.start + offset),
+            }
+            previewed += self._preview(header, batch.frames[offset])
+        self.sequence += len(batch)
+        state.frames_sent += len(batch)
+        self.catalog.advance(entry, batch.stop, (batch, fields))
         if self.metrics is not None:
             detector = str(entry.header.get("detector", "unknown"))
-            self.metrics.preview_dropped(detector, len(meta) - previewed)
+            self.metrics.preview_dropped(detector, len(batch) - previewed)
+
+    def wants_frames(self, state: SeriesState, entry: SeriesEntry, start: int) -> bool:
+        """Whether anyone takes the frames of the batch starting at ``start`` as it is read.
+
+        A data client keeping up takes them from the batch the follower reads, and a
+        preview may be due; otherwise the follower reads only the records' headers, and the
+        clients behind read the frames back from the files when they get there.
+
+        Parameters
+        ----------
+        state
+            The series' preview state.
+        entry
+            Its catalog entry.
+        start
+            The batch's first frame.
+
+        Returns
+        -------
+        bool
+            Whether to read the batch's frames.
+        """
+        preview_due = time.monotonic() - state.last_preview >= self.preview_interval
+        return preview_due or self.data.keeping_up(entry, start)
+
+    def readable(self, state: SeriesState, entry: SeriesEntry, stop: int, count: int) -> None:
+        """Make frames up to ``stop`` readable without handing them out (nobody wants them now).
+
+        Parameters
+        ----------
+        state
+            The series' preview state.
+        entry
+            Its catalog entry.
+        stop
+            Frames of the series readable now.
+        count
+            Frames added (``stop`` minus those readable before).
+        """
+        self.sequence += count
+        state.frames_sent += count
+        self.catalog.advance(entry, stop)
+        if self.metrics is not None:
+            self.metrics.preview_dropped(str(entry.header.get("detector", "unknown")), count)
 
     def series_end(self, state: SeriesState, entry: SeriesEntry, fields: dict[str, Any]) -> None:
         """Close a series in the catalog and on the preview channel.

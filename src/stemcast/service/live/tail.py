@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stemcast.batch import FrameBatch
+from stemcast.batch import BufferPool, FrameBatch
 from stemcast.errors import FormatError
 from stemcast.formats.mib.run import MibRun
 from stemcast.formats.mib.spec import PREFIX_SIZE, parse_header_size, timestamps_ns
@@ -77,9 +77,37 @@ class FollowedRun(ABC):
         """Native dtype of decoded frames."""
         return self.run.dtype
 
-    def read(self, start: int, stop: int) -> FrameBatch:
-        """Read and decode complete records ``start:stop``, oriented as the reader does."""
-        return next(self.run.batches(start, stop, batch_frames=max(1, stop - start)))
+    def read(self, start: int, stop: int, buffers: BufferPool | None = None) -> FrameBatch:
+        """Read and decode complete records ``start:stop``, oriented as the reader does.
+
+        Parameters
+        ----------
+        start, stop
+            Frame range, within :attr:`frames`.
+        buffers
+            Where to read and decode: the batch's frames and headers are then views of
+            buffers from this pool (reused once nothing refers to them), each frame
+            C-contiguous, so that it can be sent without a copy. Without a pool, new arrays.
+
+        Returns
+        -------
+        FrameBatch
+            The frames and their headers.
+        """
+        if buffers is None:
+            return next(self.run.batches(start, stop, batch_frames=max(1, stop - start)))
+        return self._read_into(start, stop, buffers)
+
+    @abstractmethod
+    def read_headers(self, start: int, stop: int) -> npt.NDArray[Any]:
+        """Read only the frame headers of records ``start:stop``, none of the pixels.
+
+        They are what :meth:`times_ns`, :meth:`exposure_ms` and :meth:`header_fields` take.
+        """
+
+    @abstractmethod
+    def _read_into(self, start: int, stop: int, buffers: BufferPool) -> FrameBatch:
+        """Read records ``start:stop`` into buffers of ``buffers`` (see :meth:`read`)."""
 
     @property
     @abstractmethod
@@ -110,14 +138,14 @@ class FollowedRun(ABC):
         """Look at the files again; ``rescan`` also looks for new files of the run."""
 
     @abstractmethod
-    def times_ns(self, batch: FrameBatch) -> npt.NDArray[np.int64] | None:
-        """Timestamps of the frames of ``batch`` in ns since the epoch, if the headers have them."""
+    def times_ns(self, headers: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
+        """Timestamps of frames in ns since the epoch from their headers, if they have them."""
 
     @abstractmethod
-    def exposure_ms(self, batch: FrameBatch) -> float | None:
-        """Exposure of the frames of ``batch`` in milliseconds, if known."""
+    def exposure_ms(self, headers: npt.NDArray[Any]) -> float | None:
+        """Exposure of frames in milliseconds, if known."""
 
-    def header_fields(self, batch: FrameBatch) -> dict[str, npt.NDArray[Any]]:
+    def header_fields(self, headers: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
         """Per-frame header fields that scan-shape inference uses (TVIPS rotator index)."""
         return {}
 
@@ -207,13 +235,30 @@ class MibSource(FollowedRun):
         """Count the complete records again; ``rescan`` also looks for the run's next file."""
         self.run = self.run.refresh(siblings=rescan)
 
-    def times_ns(self, batch: FrameBatch) -> npt.NDArray[np.int64] | None:
+    def read_headers(self, start: int, stop: int) -> npt.NDArray[Any]:
+        """Read the ``S{header_size}`` headers of records ``start:stop``."""
+        return self.run.read_headers(start, stop)
+
+    def _read_into(self, start: int, stop: int, buffers: BufferPool) -> FrameBatch:
+        """One read of the records, one pass that decodes them upside down (byte swap, RAW)."""
+        layout = self.run.layout
+        count = stop - start
+        records = buffers.take(count * layout.record_size).view(layout.record_dtype)
+        self.run.read_records(start, stop, out=records)
+        rows, cols = layout.frame_shape
+        pixels = buffers.take(count * layout.bytes_per_frame_decoded).view(layout.dtype)
+        frames = layout.decode(
+            records["data"], out=pixels.reshape(count, rows, cols), flip_rows=True
+        )
+        return FrameBatch(start, frames, records["header"])
+
+    def times_ns(self, headers: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
         """Frame timestamps from the extended (``MQ1A``) header block."""
         if self.run.first_header.utc_time is None:
             return None
-        return timestamps_ns(batch.headers)
+        return timestamps_ns(headers)
 
-    def exposure_ms(self, batch: FrameBatch) -> float | None:
+    def exposure_ms(self, headers: npt.NDArray[Any]) -> float | None:
         """Return the run's exposure (Merlin keeps it for the whole acquisition)."""
         return self.run.first_header.exposure_ms
 
@@ -276,6 +321,22 @@ class TvipsSource(FollowedRun):
             "start_ms": self.run.start_ms,
         }
 
+    def read_headers(self, start: int, stop: int) -> npt.NDArray[Any]:
+        """Read the frame headers (``TvipsLayout.header_dtype``) of records ``start:stop``."""
+        return self.run.read_headers(start, stop)
+
+    def _read_into(self, start: int, stop: int, buffers: BufferPool) -> FrameBatch:
+        """One read of the records: their pixels are the frames (stored little-endian)."""
+        layout = self.run.layout
+        records = buffers.take((stop - start) * layout.record_size).view(layout.record_dtype)
+        self.run.read_records(start, stop, out=records)
+        frames = records["data"]
+        if frames.dtype != layout.dtype:
+            # Stored in the other byte order than this machine's: one pass to decode.
+            pixels = buffers.take(frames.size * frames.itemsize).view(layout.dtype)
+            frames = layout.decode(frames, out=pixels.reshape(frames.shape))
+        return FrameBatch(start, frames, records["header"])
+
     def refresh(self, *, rescan: bool) -> None:
         """Re-read the series when its last part grew or (``rescan``) a new part appeared."""
         last = self.run.parts[-1]
@@ -289,14 +350,13 @@ class TvipsSource(FollowedRun):
         if grown or (rescan and following.exists()):
             self.run = self.run.refresh()
 
-    def times_ns(self, batch: FrameBatch) -> npt.NDArray[np.int64] | None:
+    def times_ns(self, headers: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
         """Frame times (millisecond resolution) in nanoseconds."""
-        headers = batch.headers
         ms = headers["timestamp"].astype(np.int64) * 1000 + headers["ms"].astype(np.int64)
         times: npt.NDArray[np.int64] = ms * 1_000_000
         return times
 
-    def exposure_ms(self, batch: FrameBatch) -> float | None:
+    def exposure_ms(self, headers: npt.NDArray[Any]) -> float | None:
         """TVIPS frame headers do not record the exposure."""
         return None
 
@@ -304,12 +364,12 @@ class TvipsSource(FollowedRun):
         """Bytes of an incomplete record at the end of the last part, at the last look."""
         return self.run.partial_bytes
 
-    def header_fields(self, batch: FrameBatch) -> dict[str, npt.NDArray[Any]]:
+    def header_fields(self, headers: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
         """Rotator index, frame counter and scan positions, where the headers hold them."""
-        names = batch.headers.dtype.names or ()
+        names = headers.dtype.names or ()
         wanted = {"rotidx": "rotator", "num": "counters", "scan_x": "scan_x", "scan_y": "scan_y"}
         return {
-            key: np.asarray(batch.headers[name], dtype=np.int64)
+            key: np.asarray(headers[name], dtype=np.int64)
             for name, key in wanted.items()
             if name in names
         }
