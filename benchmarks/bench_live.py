@@ -1,143 +1,573 @@
-"""Live service throughput and latency: simulator -> ``stemcast serve`` -> data client.
+"""The live path at the limit: camera simulator, data channel, follow path, readers, converters.
 
-Three processes, as in production: the camera simulator (``stemcast simulate``) writes a
-12-bit 256x256 Merlin run into a folder, the service (``stemcast serve``, a subprocess) follows
-the growing file and serves every frame on its data channel (ROUTER, credit flow control),
-and this script receives them with :class:`stemcast.client.Subscriber`, checking that every
-frame arrives, in order, once.
+Each figure is measured against its limit in the same run, as production runs it (separate
+processes on the same machine):
 
-* **Throughput**: the simulator writes ``--frames`` frames as fast as it can (a pool of
-  patterns, so that drawing random patterns is not what is timed); frames/s and GB/s from
-  the first to the last frame received, while the three processes share the machine. Then
-  the same finished file appears again under a new name and the service drains it from the
-  page cache: the service's own ceiling. Then a new client asks for the first run again from
-  its start, after it ended: every frame is read back from the file (a client catching up).
-  The limit, in the same run: plain pyzmq PUSH/PULL of the same number of 256x256
-  ``uint16`` frames from memory (a subprocess pushing a small header and the frame buffer,
-  zero-copy), received the same way.
-* **The writers' ceilings**: before the service starts, the same number of frame-sized
-  records of zeros is appended to a file in 8 MiB blocks (the fastest any writer can fill
-  this folder), and the simulator writes the same run in this process into a folder nobody
-  watches. Following the simulator cannot be faster than either, whatever the service does;
-  ``--workdir /dev/shm`` puts the folders on a RAM-backed file system.
-* **Latency**: a writer thread appends one frame every millisecond (1 kHz) with
-  :class:`stemcast.writers.mib.MibWriter` and notes when each ``write`` returned; latency is
-  the receive time minus that time (same clock), percentiles over ``--latency-frames``.
+* **plain pyzmq** (``plain``): PUSH/PULL of the frames of the runs below (256 x 256
+  ``uint16``, a small JSON header and the frame sent without a copy) from memory, process to
+  process: the limit of the data channel. The pusher's CPU-seconds per GB are reported too.
+* **simulator** (``simulator``): ``simulate_mib`` at ``--fps 0`` (a 12-bit 256 x 256 run, in
+  a process of its own, timed from its first write to its last) against ``dd`` writing as
+  many bytes of zeros into the same folder in blocks of 64 records.
+* **camera rates** (``rates``): the simulator at the fastest cameras' frame rates (Merlin
+  1-bit RAW 256 x 256 at 18 kHz, Merlin quad 12-bit 512 x 512 at 2 kHz, TVIPS 512 x 512
+  16-bit at 2 kHz), with 0.5 ms fly-backs after each line for Merlin: the rate held, from
+  the first write to the last, against the schedule.
+* **data channel** (``drain``): ``stemcast serve`` drains a finished 0.5 GB run (it appears in
+  the folder at once) into one :class:`stemcast.client.Subscriber`; then a second client
+  reads the ended run back from its start (``catch-up``). CPU-seconds of the service (all its
+  threads) and of the client per GB received.
+* **follow path** (``follow``): the simulator writes into the folder the service watches, the
+  service converts the run live to EMD (``--convert emd``) and one client receives every
+  frame: at full speed (``--fps 0``, 1 GB), and at 2 kHz (a Merlin 256 x 256 12-bit camera,
+  262 MB/s, 6000 frames). Lag: each frame's arrival at the client minus the end of the write
+  that put it in the file (the simulator notes the time of each write; one clock, the
+  machine's monotonic clock). Nothing may be lost.
+* **latency** (``latency``): a writer thread appends one frame every millisecond; latency is
+  its arrival minus the return of its ``write``.
+* **readers** (``readers``): the virtual bright-field image of a 0.5 GB 12-bit Merlin file
+  (``benchmarks/bench_mib.py``'s file): stemcast lazy (``file_reader(lazy=True)``, sum over
+  the signal axes) and ``virtual_image`` against the page-cache limit (a memory-mapped
+  ``uint64`` sum of the file) and LiberTEM (``SumSigUDF``, pipelined executor, its context
+  made once per round).
+* **conversion** (``convert``): ``stemcast convert RUN --to blockfile`` against the reference
+  (``rsciio.quantumdetector.file_reader`` then ``rsciio.blockfile.file_writer``, eager and
+  lazy), each a whole process (interpreter start and imports included) on a 0.3 GB 12-bit
+  run in the page cache; ``sync`` before each.
+
+``--repeat N`` runs every section N times, interleaved; the summary gives the median and the
+range of each figure, and checks it against its goal. Every wait has a timeout.
 
 Usage::
 
-    python benchmarks/bench_live.py [--frames 5000] [--latency-frames 3000] [--workdir DIR]
+    python benchmarks/bench_live.py --all --repeat 5
+    python benchmarks/bench_live.py [--sections plain,drain,...] [--repeat N] [--workdir DIR]
+
+``--workdir`` (default: ``/dev/shm`` when it exists) holds the camera folders; ``--data``
+(default ``benchmarks/data``) the cached files of the readers and conversion sections.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
 import re
+import selectors
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
 
+from machine import describe_machine
 from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber
 
 FRAME_SHAPE = (256, 256)
 FRAME_BYTES = 256 * 256 * 2
-_READY = re.compile(r"data (?P<data>tcp://\S+), preview")
+RECORD_BYTES = 384 + FRAME_BYTES
+SECTIONS = ("plain", "simulator", "rates", "drain", "follow", "latency", "readers", "convert")
+DEFAULT_SECTIONS = ("plain", "simulator", "rates", "drain", "follow", "latency")
+_READY = re.compile(r"data (?P<data>tcp://\S+), preview \S+, http (?P<http>http://\S+)")
 
 
-def start_service(directory: Path, registry: Path) -> tuple[subprocess.Popen[str], str]:
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A figure's goal: ``value >= at_least`` or ``value <= at_most`` (or both)."""
+
+    text: str
+    at_least: float | None = None
+    at_most: float | None = None
+
+    def met(self, value: float) -> bool:
+        return (self.at_least is None or value >= self.at_least) and (
+            self.at_most is None or value <= self.at_most
+        )
+
+
+class Figures:
+    """Every measurement of every round, by name, with its unit and goal."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = defaultdict(list)
+        self.units: dict[str, str] = {}
+        self.goals: dict[str, Goal] = {}
+        self.order: list[str] = []
+
+    def add(self, name: str, value: float, unit: str, goal: Goal | None = None) -> None:
+        if name not in self.units:
+            self.order.append(name)
+        self.values[name].append(value)
+        self.units[name] = unit
+        if goal is not None:
+            self.goals[name] = goal
+        print(f"  {name}: {value:.4g} {unit}", flush=True)
+
+    def summary(self) -> None:
+        print("\n| figure | unit | median | min | max | runs | goal | met |")
+        print("|---|---|---:|---:|---:|---:|---|---|")
+        for name in self.order:
+            values = self.values[name]
+            median = statistics.median(values)
+            goal = self.goals.get(name)
+            met = "" if goal is None else ("yes" if goal.met(median) else "**no**")
+            print(
+                f"| {name} | {self.units[name]} | {median:.4g} | {min(values):.4g} | "
+                f"{max(values):.4g} | {len(values)} | {goal.text if goal else ''} | {met} |"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    with open(f"/proc/{pid}/stat") as stream:
+        fields = stream.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def read_line(process: subprocess.Popen[str], timeout_s: float) -> str:
+    """The process's next line of output, or an error after ``timeout_s``."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout_s):
+            process.kill()
+            raise TimeoutError(f"no output from {process.args!r} within {timeout_s} s")
+    return process.stdout.readline()
+
+
+def stop(process: subprocess.Popen[Any], timeout_s: float = 30.0) -> None:
+    """Terminate a process and wait for it, killing it if it does not stop in time."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout_s)
+
+
+@contextlib.contextmanager
+def service(
+    folder: Path, work: Path, *options: str, timeout_s: float = 60.0
+) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """``stemcast serve`` watching ``folder``: the process, its data endpoint and HTTP URL."""
     command = [
-        sys.executable, "-m", "stemcast.cli", "serve", "--quiet", "--watch", str(directory),
+        sys.executable, "-m", "stemcast.cli", "serve", "--quiet", "--watch", str(folder),
         "--data-endpoint", "tcp://127.0.0.1:0", "--preview-endpoint", "tcp://127.0.0.1:0",
-        "--http", "127.0.0.1:0", "--registry", str(registry),
+        "--http", "127.0.0.1:0", "--registry", str(work / "registry.sqlite3"), *options,
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    match = _READY.search(process.stdout.readline())
-    assert match is not None, "the service did not start"
-    return process, match["data"]
-
-
-def simulate(directory: Path, name: str, frames: int, fps: float) -> subprocess.Popen[str]:
-    width = 100
-    command = [
-        sys.executable, "-m", "stemcast.cli", "simulate", str(directory), "--name", name,
-        "--scan", f"{width}x{frames // width}", "--frame-size", "256", "--depth", "12",
-        "--fps", str(fps), "--pattern-pool", "4", "--flyback", "0",
-    ]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, text=True)
-
-
-def write_limit(directory: Path, frames: int) -> float:
-    """Frames/s of the plainest possible writer: 8 MiB blocks of zeros appended to a file.
-
-    No camera, simulator or service can write frames into this folder faster than this.
-    """
-    block = bytes(8 * 2**20)
-    total = frames * (FRAME_BYTES + 384)
-    path = directory / "zeros.bin"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        start = time.perf_counter()
-        for _ in range(0, total, len(block)):
-            os.write(fd, block)
-        seconds = time.perf_counter() - start
+        match = _READY.search(read_line(process, timeout_s))
+        if match is None:
+            raise RuntimeError("the service did not start")
+        yield process, match["data"], match["http"]
     finally:
-        os.close(fd)
+        stop(process)
+
+
+# --------------------------------------------------------------------------------------------
+# The camera: the simulator in a process of its own, noting when each write returned
+# --------------------------------------------------------------------------------------------
+
+
+def camera_child(spec: dict[str, Any]) -> None:
+    """Run the simulator; write ``(time_ns, bytes)`` of every write and the pool time as JSON.
+
+    The writers' gathered-write function is wrapped to note when each call began and ended
+    (``time.monotonic_ns``, the clock the benchmark uses too).
+    """
+    import stemcast.formats.mib.writer as mib_writer
+    import stemcast.formats.tvips.writer as tvips_writer
+    from stemcast.simulate import simulate_mib, simulate_tvips
+
+    writes: list[tuple[int, int, int]] = []
+    original = mib_writer.write_all
+
+    def noted(fd: int, buffers: Any) -> None:
+        began = time.monotonic_ns()
+        original(fd, buffers)
+        writes.append((began, time.monotonic_ns(), sum(buffer.nbytes for buffer in buffers)))
+
+    mib_writer.write_all = noted  # type: ignore[assignment]
+    tvips_writer.write_all = noted  # type: ignore[assignment]
+    options = dict(spec["options"])
+    options["scan_shape"] = tuple(options["scan_shape"])
+    started = time.monotonic_ns()
+    if spec["format"] == "tvips":
+        simulate_tvips(spec["folder"], **options)
+    else:
+        simulate_mib(spec["folder"], **options)
+    finished = time.monotonic_ns()
+    with open(spec["result"], "w") as stream:
+        json.dump({"writes": writes, "started": started, "finished": finished}, stream)
+
+
+@dataclass
+class CameraRun:
+    """What the simulator process did: its writes (began ns, ended ns, bytes)."""
+
+    writes: np.ndarray
+    started: int
+    finished: int
+
+    def frame_written_ns(self, record: int) -> np.ndarray:
+        """When the write of each frame returned (writes of less than a record hold none)."""
+        ends, sizes = self.writes[:, 1], self.writes[:, 2]
+        frames = sizes // record
+        return np.repeat(ends[frames > 0], frames[frames > 0])
+
+
+def camera(
+    folder: Path, fmt: str, options: dict[str, Any], timeout_s: float
+) -> tuple[subprocess.Popen[str], Callable[[], CameraRun]]:
+    """Start the camera process; return it and a function that waits for its result."""
+    result = folder.parent / f".camera-{os.getpid()}-{time.monotonic_ns()}.json"
+    spec = {"folder": str(folder), "format": fmt, "options": options, "result": str(result)}
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--child-camera", json.dumps(spec)], text=True
+    )
+
+    def wait() -> CameraRun:
+        process.wait(timeout_s)
+        if process.returncode:
+            raise RuntimeError(f"the camera process failed ({process.returncode})")
+        data = json.loads(result.read_text())
+        result.unlink()
+        writes = np.array(data["writes"], dtype=np.int64).reshape(-1, 3)
+        return CameraRun(writes, data["started"], data["finished"])
+
+    return process, wait
+
+
+def run_camera(folder: Path, fmt: str, options: dict[str, Any], timeout_s: float) -> CameraRun:
+    process, wait = camera(folder, fmt, options, timeout_s)
+    try:
+        return wait()
+    finally:
+        stop(process)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+PLAIN_PUSHER = """
+import json, sys, time
+import numpy as np, zmq
+frames = int(sys.argv[2])
+pool = np.random.default_rng(0).integers(0, 4096, (64, 256, 256), dtype=np.uint16)
+context = zmq.Context()
+push = context.socket(zmq.PUSH)
+push.sndhwm = 64
+push.connect(sys.argv[1])
+cpu = time.process_time()
+for index in range(frames):
+    header = json.dumps({"htype": "plain", "frame": index}).encode()
+    push.send_multipart([header, pool[index % 64]], copy=False)
+end = {"htype": "end", "cpu": time.process_time() - cpu}
+push.send_multipart([json.dumps(end).encode()])
+push.close(linger=-1)
+# The frames were sent without a copy: the pool must outlive the context, whose end waits
+# until every queued frame is sent. Left to the interpreter's exit, the pool could be freed
+# while ZeroMQ's I/O thread still sends from it (EFAULT, "Bad address (src/tcp.cpp)").
+context.term()
+"""
+
+
+def plain_pyzmq(frames: int, timeout_s: float) -> tuple[float, float, float]:
+    """GB/s of plain PUSH/PULL from memory; the pusher's and the puller's CPU-seconds per GB."""
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    pull.linger = 0
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    pusher = subprocess.Popen(
+        [sys.executable, "-c", PLAIN_PUSHER, f"tcp://127.0.0.1:{port}", str(frames)]
+    )
+    first = last = 0.0
+    received = 0
+    pusher_cpu = 0.0
+    own = time.process_time()
+    try:
+        while True:
+            if not pull.poll(round(timeout_s * 1000)):
+                raise TimeoutError(f"plain pyzmq: nothing received for {timeout_s} s")
+            parts = pull.recv_multipart(copy=False)
+            header = json.loads(parts[0].bytes)
+            if header["htype"] == "end":
+                pusher_cpu = header["cpu"]
+                break
+            np.frombuffer(parts[1].buffer, np.uint16)
+            last = time.perf_counter()
+            first = first or last
+            received += 1
+        own = time.process_time() - own
+        pusher.wait(timeout_s)
+    finally:
+        stop(pusher)
+        pull.close()
+        context.term()
+    if received != frames:
+        raise RuntimeError(f"plain pyzmq: {received} of {frames} frames")
+    gigabytes = frames * FRAME_BYTES / 1e9
+    return (
+        (received - 1) * FRAME_BYTES / (last - first) / 1e9,
+        pusher_cpu / gigabytes,
+        own / (gigabytes),
+    )
+
+
+def dd_rate(folder: Path, nbytes: int, block: int, timeout_s: float) -> float:
+    """GB/s of ``dd`` writing ``nbytes`` of zeros into ``folder`` in blocks of ``block``."""
+    target = folder / "dd.bin"
+    count = max(1, nbytes // block)
+    started = time.perf_counter()
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={target}", f"bs={block}", f"count={count}"],
+        check=True,
+        capture_output=True,
+        timeout=timeout_s,
+    )
+    seconds = time.perf_counter() - started
+    target.unlink()
+    return count * block / seconds / 1e9
+
+
+def write_rate(run: CameraRun) -> float:
+    """GB/s of the camera from the start of its first write to the end of its last."""
+    nbytes = int(run.writes[:, 2].sum())
+    return nbytes / ((run.writes[-1, 1] - run.writes[0, 0]) / 1e9) / 1e9
+
+
+def section_simulator(figures: Figures, work: Path, args: argparse.Namespace) -> None:
+    folder = work / "alone"
+    folder.mkdir(exist_ok=True)
+    frames = args.simulator_frames
+    width = 100
+    options = {
+        "name": "alone", "scan_shape": [width, frames // width], "frame_size": 256,
+        "counter_depth": 12, "flyback_s": 0.0,
+    }  # fmt: skip
+    dd = dd_rate(folder, frames * RECORD_BYTES, 64 * RECORD_BYTES, args.timeout)
+    run = run_camera(folder, "mib", options, args.timeout)
+    simulator = write_rate(run)
+    pool_s = (run.writes[0, 0] - run.started) / 1e9
+    for path in folder.iterdir():
         path.unlink()
-    return frames / seconds
+    figures.add("dd, 12-bit 256x256 records", dd, "GB/s")
+    figures.add("simulator --fps 0, 12-bit 256x256", simulator, "GB/s")
+    figures.add("simulator / dd", simulator / dd, "ratio", Goal(">= 0.9", at_least=0.9))
+    figures.add("simulator pattern pool, before the first frame", pool_s, "s")
 
 
-def simulator_alone(directory: Path, frames: int) -> float:
-    """Frames/s the simulator writes with nobody reading: the ceiling of following it."""
-    from stemcast.simulate import simulate_mib
+#: Cameras at their fastest: (name, format, options, frames).
+CAMERAS = (
+    (
+        "Merlin 1-bit RAW 256x256 at 18 kHz",
+        "mib",
+        {"frame_size": 256, "counter_depth": 1, "raw": True, "fps": 18000.0},
+        (256, 144),
+    ),
+    (
+        "Merlin quad 12-bit 512x512 at 2 kHz",
+        "mib",
+        {"frame_size": 512, "counter_depth": 12, "quad": True, "fps": 2000.0},
+        (64, 64),
+    ),
+    (
+        "TVIPS 512x512 16-bit at 2 kHz",
+        "tvips",
+        {"frame_size": 512, "bits": 16, "fps": 2000.0},
+        (64, 64),
+    ),
+)
 
-    start = time.perf_counter()
-    simulate_mib(
-        directory, name="alone", scan_shape=(100, frames // 100), frame_size=256,
-        counter_depth=12, pattern_pool=4, flyback_s=0,
-    )  # fmt: skip
-    return frames / (time.perf_counter() - start)
+
+def section_rates(figures: Figures, work: Path, args: argparse.Namespace) -> None:
+    folder = work / "rates"
+    folder.mkdir(exist_ok=True)
+    for name, fmt, camera_options, scan in CAMERAS:
+        options = {"name": "rate", "scan_shape": list(scan), **camera_options}
+        flyback = 0.0005 if fmt == "mib" else 0.0
+        if fmt == "mib":
+            options["flyback_s"] = flyback
+        run = run_camera(folder, fmt, options, args.timeout)
+        frames = scan[0] * scan[1]
+        fps = float(camera_options["fps"])
+        planned = (frames - 1) / fps + (scan[1] - 1) * flyback
+        # The first write of a TVIPS series is its main header: time from the first frame.
+        first = 1 if fmt == "tvips" else 0
+        elapsed = (run.writes[-1, 0] - run.writes[first, 0]) / 1e9
+        for path in folder.iterdir():
+            path.unlink()
+        figures.add(
+            f"rate held, {name}",
+            planned / elapsed,
+            "x set",
+            Goal("0.99 to 1.01", at_least=0.99, at_most=1.01),
+        )
 
 
-def receive(subscriber: Subscriber, frames: int) -> tuple[str, list[int]]:
-    """Receive one series, checking order and count; return its id and the receive times (ns)."""
+def receive(subscriber: Subscriber, frames: int) -> tuple[str, np.ndarray, dict[str, Any]]:
+    """One series: its id, each frame's arrival (monotonic ns) and its end header."""
     arrivals: list[int] = []
     series = ""
     for event in subscriber:
-        now = time.perf_counter_ns()
+        now = time.monotonic_ns()
         if isinstance(event, SeriesStart):
             series = event.series
         elif isinstance(event, Frame):
-            assert event.series == series
-            assert event.index == len(arrivals), (event.index, len(arrivals))
-            assert event.data.nbytes == FRAME_BYTES
+            if event.series != series or event.index != len(arrivals):
+                raise RuntimeError(f"frame {event.index} of {event.series} out of order")
             arrivals.append(now)
         elif isinstance(event, SeriesEnd):
-            assert event.header["frames"] == len(arrivals) == frames, (event.header, len(arrivals))
-            return series, arrivals
+            if event.header["frames"] != len(arrivals) or len(arrivals) != frames:
+                raise RuntimeError(f"{len(arrivals)} of {frames} frames: {event.header}")
+            return series, np.array(arrivals, dtype=np.int64), event.header
     raise AssertionError("unreachable: the subscriber iterates until it times out")
 
 
-def rate(arrivals: list[int]) -> float:
-    return (len(arrivals) - 1) / ((arrivals[-1] - arrivals[0]) / 1e9)
+def rate_gbps(arrivals: np.ndarray) -> float:
+    return (len(arrivals) - 1) * FRAME_BYTES / ((arrivals[-1] - arrivals[0]) / 1e9) / 1e9
+
+
+def mib_options(name: str, frames: int, fps: float) -> dict[str, Any]:
+    width = 100
+    return {
+        "name": name, "scan_shape": [width, frames // width], "frame_size": 256,
+        "counter_depth": 12, "fps": fps, "flyback_s": 0.0, "hdr_scan_size": True,
+    }  # fmt: skip
+
+
+def section_drain(
+    figures: Figures, work: Path, args: argparse.Namespace, plain: float | None
+) -> None:
+    """Drain a finished run into one client, then read it back with a second one."""
+    folder, staging = work / "camera", work / "staging"
+    folder.mkdir(exist_ok=True)
+    staging.mkdir(exist_ok=True)
+    frames = args.frames
+    run_camera(staging, "mib", mib_options("drained", frames, 0.0), args.timeout)
+    with service(folder, work) as (process, endpoint, _):
+        with Subscriber(endpoint, start="run", timeout_s=args.timeout) as subscriber:
+            before, own = cpu_seconds(process.pid), time.process_time()
+            # The finished run appears at once, as a run copied into the folder does.
+            shutil.copy(staging / "drained.hdr", folder / "drained.hdr")
+            os.link(staging / "drained.mib", folder / "drained.mib")
+            series, arrivals, _ = receive(subscriber, frames)
+            drained = rate_gbps(arrivals)
+            service_cpu = cpu_seconds(process.pid) - before
+            client_cpu = time.process_time() - own
+        gigabytes = frames * FRAME_BYTES / 1e9
+        with Subscriber(endpoint, start=(series, 0), timeout_s=args.timeout) as late:
+            before, own = cpu_seconds(process.pid), time.process_time()
+            catch_up = rate_gbps(receive(late, frames)[1])
+            late_service_cpu = cpu_seconds(process.pid) - before
+            late_client_cpu = time.process_time() - own
+    for path in (*folder.iterdir(), *staging.iterdir()):
+        path.unlink()
+    figures.add("serve, draining a finished run", drained, "GB/s")
+    if plain:
+        figures.add(
+            "serve draining / plain pyzmq", drained / plain, "ratio", Goal(">= 0.7", at_least=0.7)
+        )
+    figures.add("serve CPU while draining", service_cpu / gigabytes, "CPU s/GB")
+    figures.add("client CPU while draining", client_cpu / gigabytes, "CPU s/GB")
+    figures.add("serve, client catching up on the ended run", catch_up, "GB/s")
+    if plain:
+        figures.add("serve catching up / plain pyzmq", catch_up / plain, "ratio")
+    figures.add("serve CPU while a client catches up", late_service_cpu / gigabytes, "CPU s/GB")
+    figures.add("client CPU while catching up", late_client_cpu / gigabytes, "CPU s/GB")
+
+
+def wait_for(path: Path, timeout_s: float) -> float:
+    """Seconds until ``path`` exists (polled every 5 ms)."""
+    started = time.monotonic()
+    while not path.exists():
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{path} not there after {timeout_s} s")
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
+def follow(
+    work: Path, args: argparse.Namespace, name: str, frames: int, fps: float
+) -> tuple[float, np.ndarray, float, int, float]:
+    """The camera writes a run that the service converts live while a client receives it.
+
+    Returns the rate received (GB/s), each frame's lag (s), the simulator's write rate (GB/s),
+    the frames lost, and when the EMD file was final after the camera's last write (s).
+    """
+    folder, output = work / "camera", work / "converted"
+    folder.mkdir(exist_ok=True)
+    with service(folder, work, "--output", str(output), "--convert", "emd") as (_, endpoint, _):
+        with Subscriber(endpoint, start="run", timeout_s=args.timeout) as subscriber:
+            process, wait = camera(folder, "mib", mib_options(name, frames, fps), args.timeout)
+            try:
+                _, arrivals, end = receive(subscriber, frames)
+                run = wait()
+            finally:
+                stop(process)
+        written = run.frame_written_ns(RECORD_BYTES)
+        lost = frames - min(len(arrivals), len(written), int(end["frames"]))
+        wait_for(output / folder.name / f"{name}.emd", args.timeout)
+        final = (time.monotonic_ns() - run.writes[-1, 1]) / 1e9
+    lags = (arrivals - written[: len(arrivals)]) / 1e9
+    for path in folder.iterdir():
+        path.unlink()
+    shutil.rmtree(output, ignore_errors=True)
+    return rate_gbps(arrivals), lags, write_rate(run), lost, final
+
+
+def section_follow(figures: Figures, work: Path, args: argparse.Namespace) -> None:
+    rate, lags, simulator, lost, final = follow(work, args, "fast", args.follow_frames, 0.0)
+    p50, p99 = np.percentile(lags, [50, 99])
+    figures.add("follow at full speed + live EMD, received", rate, "GB/s")
+    figures.add("follow at full speed, simulator writing", simulator, "GB/s")
+    figures.add("follow at full speed, lag p50", p50, "s")
+    figures.add("follow at full speed, lag p99", p99, "s")
+    figures.add("follow at full speed, lag max", float(lags.max()), "s")
+    figures.add("follow at full speed, frames lost", lost, "frames", Goal("0", at_most=0))
+    figures.add("follow at full speed, EMD final after last write", final, "s")
+    frames = args.paced_frames
+    rate, lags, _, lost, final = follow(work, args, "paced", frames, 2000.0)
+    p50, p99 = np.percentile(lags, [50, 99])
+    figures.add("follow 2 kHz 12-bit 256x256 + live EMD, received", rate, "GB/s")
+    figures.add("follow 2 kHz, lag p50", p50, "s")
+    figures.add("follow 2 kHz, lag p99", p99, "s", Goal("< 0.5", at_most=0.5))
+    figures.add("follow 2 kHz, lag max", float(lags.max()), "s")
+    figures.add("follow 2 kHz, frames lost", lost, "frames", Goal("0", at_most=0))
+    figures.add("follow 2 kHz, EMD final after last write", final, "s")
 
 
 def paced_writer(path: Path, frames: int, fps: float, written: list[int]) -> None:
-    """Write ``frames`` frames at ``fps``, noting when each write returned (ns)."""
-    from stemcast.simulate import diffraction_patterns
+    """Write ``frames`` frames at ``fps``, noting when each write returned (monotonic ns)."""
+    from stemcast.simulate import PatternPool
     from stemcast.writers.mib import MibWriter
 
-    pool = next(diffraction_patterns((8, 8), FRAME_SHAPE, batch_frames=64))
+    pool = PatternPool((8, 8), FRAME_SHAPE).patterns
     with MibWriter(path, scan_shape=(100, frames // 100), frame_interval_s=1 / fps) as writer:
         start = time.perf_counter()
         for index in range(frames):
@@ -145,109 +575,210 @@ def paced_writer(path: Path, frames: int, fps: float, written: list[int]) -> Non
             if delay > 0:
                 time.sleep(delay)
             writer.write(pool[index % len(pool)])
-            written.append(time.perf_counter_ns())
+            written.append(time.monotonic_ns())
 
 
-PLAIN_PUSHER = """
-import sys, json, numpy as np, zmq
-frames = int(sys.argv[2])
-pool = np.random.default_rng(0).integers(0, 4096, (64, 256, 256), dtype=np.uint16)
-push = zmq.Context().socket(zmq.PUSH)
-push.sndhwm = 64
-push.connect(sys.argv[1])
-for index in range(frames):
-    header = json.dumps({"htype": "plain", "frame": index}).encode()
-    push.send_multipart([header, pool[index % 64]], copy=False)
-push.send_multipart([b'{"htype": "end"}'])
-push.close(linger=-1)
+def section_latency(figures: Figures, work: Path, args: argparse.Namespace) -> None:
+    folder = work / "camera"
+    folder.mkdir(exist_ok=True)
+    frames = args.latency_frames
+    with (
+        service(folder, work) as (_, endpoint, _),
+        Subscriber(endpoint, start="run", timeout_s=args.timeout) as subscriber,
+    ):
+        written: list[int] = []
+        thread = threading.Thread(
+            target=paced_writer, args=(folder / "latency.mib", frames, 1000.0, written)
+        )
+        thread.start()
+        try:
+            arrivals = receive(subscriber, frames)[1]
+        finally:
+            thread.join(args.timeout)
+    for path in folder.iterdir():
+        path.unlink()
+    latencies = (arrivals - np.array(written)) / 1e6
+    p50, p99 = np.percentile(latencies, [50, 99])
+    figures.add("latency at 1 kHz, p50", p50, "ms", Goal("< 5", at_most=5))
+    figures.add("latency at 1 kHz, p99", p99, "ms", Goal("< 50", at_most=50))
+
+
+def timed_median(function: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Median seconds of ``repeat`` calls after one untimed call, and the last result."""
+    result = function()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def section_readers(figures: Figures, args: argparse.Namespace) -> None:
+    import bench_mib
+
+    scan = bench_mib._scan_for(args.reader_gb * 1e9, bench_mib.RECORD_12)
+    path = bench_mib.ensure_file(
+        args.data, "bench12", scan, bench_mib.RECORD_12, bench_mib.make_12bit
+    )
+    bench_mib.warm(path)
+    limit, _ = timed_median(lambda: bench_mib.limit(path), args.inner)
+    lazy, image = timed_median(lambda: bench_mib.stemcast_lazy(path), args.inner)
+    virtual, other = timed_median(lambda: bench_mib.stemcast_virtual_image(path), args.inner)
+    engine = bench_mib.LiberTEM("pipelined", len(os.sched_getaffinity(0)))
+    try:
+        libertem, theirs = timed_median(lambda: engine(path, (scan[1], scan[0])), args.inner)
+    finally:
+        engine.close()
+    if not (np.array_equal(image, other) and np.array_equal(image, theirs.astype(np.int64))):
+        raise RuntimeError("the virtual images differ")
+    figures.add("VBF limit: memory-mapped uint64 sum", limit, "s")
+    figures.add("VBF stemcast lazy", lazy, "s")
+    figures.add("VBF stemcast lazy / limit", lazy / limit, "x", Goal("<= 2", at_most=2.0))
+    figures.add("VBF LiberTEM pipelined", libertem, "s")
+    figures.add("VBF LiberTEM / stemcast lazy", libertem / lazy, "x", Goal(">= 1.2", at_least=1.2))
+    figures.add("VBF stemcast virtual_image / limit", virtual / limit, "x")
+
+
+OURS = "stemcast convert --to blockfile"
+REFERENCE_CONVERT = """
+import sys, warnings
+warnings.filterwarnings("ignore")
+from rsciio.blockfile import file_writer
+from rsciio.quantumdetector import file_reader
+lazy = sys.argv[3] == "lazy"
+scan = (int(sys.argv[4]), int(sys.argv[5]))
+signal = file_reader(sys.argv[1], lazy=lazy, navigation_shape=scan)[0]
+signal["attributes"] = {"_lazy": lazy}
+file_writer(sys.argv[2], signal, intensity_scaling="minmax", show_progressbar=False)
 """
 
 
-def plain_pyzmq(frames: int) -> float:
-    """Frames/s of plain pyzmq PUSH/PULL of frames from memory, process to process."""
-    context = zmq.Context.instance()
-    pull = context.socket(zmq.PULL)
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    pusher = subprocess.Popen(
-        [sys.executable, "-c", PLAIN_PUSHER, f"tcp://127.0.0.1:{port}", str(frames)]
-    )
-    first = last = 0.0
-    received = 0
-    while True:
-        parts = pull.recv_multipart(copy=False)
-        if json.loads(bytes(parts[0].buffer))["htype"] == "end":
-            break
-        last = time.perf_counter()
-        first = first or last
-        received += 1
-    pusher.wait()
-    pull.close()
-    assert received == frames
-    return (received - 1) / (last - first)
+def whole_process(command: list[str], timeout_s: float) -> float:
+    subprocess.run(["sync"], check=True, timeout=timeout_s)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, timeout=timeout_s)
+    return time.perf_counter() - started
+
+
+def section_convert(figures: Figures, args: argparse.Namespace) -> None:
+    from stemcast.readers.blockfile import file_reader as read_blockfile
+    from stemcast.simulate import simulate_mib
+
+    scan = (48, 48)
+    source = args.data / "convert" / "run.mib"
+    if not source.exists() or source.stat().st_size != scan[0] * scan[1] * RECORD_BYTES:
+        source.parent.mkdir(parents=True, exist_ok=True)
+        simulate_mib(
+            source.parent, name="run", scan_shape=scan, frame_size=256, counter_depth=12,
+            hdr_scan_size=True, flyback_s=0.0,
+        )  # fmt: skip
+    output = args.data / "convert" / "out"
+    ours_path, reference_path = output / "run.blo", output / "reference.blo"
+    times: dict[str, float] = {}
+    commands = {
+        OURS: [
+            sys.executable, "-m", "stemcast.cli", "convert", str(source), "--to", "blockfile",
+            "--output", str(output),
+        ],
+        "rsciio eager read + write": [
+            sys.executable, "-c", REFERENCE_CONVERT, str(source), str(reference_path), "eager",
+            str(scan[0]), str(scan[1]),
+        ],
+        "rsciio lazy read + write": [
+            sys.executable, "-c", REFERENCE_CONVERT, str(source), str(reference_path), "lazy",
+            str(scan[0]), str(scan[1]),
+        ],
+    }  # fmt: skip
+    with open(source, "rb") as stream:
+        while stream.read(2**24):
+            pass
+    for name, command in commands.items():
+        shutil.rmtree(output, ignore_errors=True)
+        output.mkdir(parents=True)
+        times[name] = whole_process(command, args.timeout)
+        if name == OURS:
+            converted = read_blockfile(ours_path)[0]["data"]
+        else:
+            np.testing.assert_array_equal(read_blockfile(reference_path)[0]["data"], converted)
+    shutil.rmtree(output, ignore_errors=True)
+    ours = times[OURS]
+    for name in commands:
+        figures.add(f"convert to blockfile (whole process), {name}", times[name], "s")
+    eager = times["rsciio eager read + write"] / ours
+    lazy = times["rsciio lazy read + write"] / ours
+    figures.add("convert: rsciio eager / stemcast", eager, "x", Goal(">= 5", at_least=5.0))
+    figures.add("convert: rsciio lazy / stemcast", lazy, "x")
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def one_round(figures: Figures, sections: list[str], args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-live-") as scratch:
+        work = Path(scratch)
+        plain = None
+        if "plain" in sections:
+            print("plain pyzmq", flush=True)
+            plain, pusher_cpu, puller_cpu = plain_pyzmq(args.frames, args.timeout)
+            figures.add("plain pyzmq PUSH/PULL from memory", plain, "GB/s")
+            figures.add("plain pyzmq pusher CPU", pusher_cpu, "CPU s/GB")
+            figures.add("plain pyzmq puller CPU", puller_cpu, "CPU s/GB")
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("simulator", lambda: section_simulator(figures, work, args)),
+            ("rates", lambda: section_rates(figures, work, args)),
+            ("drain", lambda: section_drain(figures, work, args, plain)),
+            ("follow", lambda: section_follow(figures, work, args)),
+            ("latency", lambda: section_latency(figures, work, args)),
+            ("readers", lambda: section_readers(figures, args)),
+            ("convert", lambda: section_convert(figures, args)),
+        ]
+        for name, step in steps:
+            if name in sections:
+                print(name, flush=True)
+                step()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=5000)
+    parser.add_argument("--all", action="store_true", help="every section")
+    parser.add_argument(
+        "--sections", default=",".join(DEFAULT_SECTIONS), help=f"of {', '.join(SECTIONS)}"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every section")
+    parser.add_argument("--frames", type=int, default=4000, help="frames drained (0.5 GB)")
+    parser.add_argument("--simulator-frames", type=int, default=8000)
+    parser.add_argument("--follow-frames", type=int, default=8000)
+    parser.add_argument("--paced-frames", type=int, default=6000)
     parser.add_argument("--latency-frames", type=int, default=3000)
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--reader-gb", type=float, default=0.5)
+    parser.add_argument("--inner", type=int, default=3, help="timed calls per reader and round")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds of any wait")
+    shm = Path("/dev/shm")
+    parser.add_argument("--workdir", type=Path, default=shm if shm.is_dir() else None)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parent / "data")
+    parser.add_argument("--child-camera", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-live-") as scratch:
-        folder = Path(scratch) / "camera"
-        folder.mkdir()
-        (Path(scratch) / "alone").mkdir()
-        limit_fps = write_limit(Path(scratch) / "alone", args.frames)
-        alone_fps = simulator_alone(Path(scratch) / "alone", args.frames)
-        service, endpoint = start_service(folder, Path(scratch) / "registry.sqlite3")
-        subscriber = Subscriber(endpoint, start="run", timeout_s=60)
-        try:
-            writer = simulate(folder, "fast", args.frames, 0)
-            series, arrivals = receive(subscriber, args.frames)
-            live_fps = rate(arrivals)
-            writer.wait()
-            shutil.copy(folder / "fast.hdr", folder / "again.hdr")
-            os.link(folder / "fast.mib", folder / "again.mib")
-            drain_fps = rate(receive(subscriber, args.frames)[1])
-            with Subscriber(endpoint, start=(series, 0), timeout_s=60) as late:
-                catch_up_fps = rate(receive(late, args.frames)[1])
-            written: list[int] = []
-            thread = threading.Thread(
-                target=paced_writer,
-                args=(folder / "paced.mib", args.latency_frames, 1000.0, written),
-            )
-            thread.start()
-            arrivals = receive(subscriber, args.latency_frames)[1]
-            thread.join()
-            latencies = (np.array(arrivals) - np.array(written)) / 1e6
-        finally:
-            subscriber.close()
-            service.terminate()
-            service.wait(30)
-    plain_fps = plain_pyzmq(args.frames)
-    p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-    machine = platform.processor() or platform.machine()
-    print(f"machine: {machine}, Python {platform.python_version()}, pyzmq {zmq.__version__}")
-    print(f"{'':40}{'frames/s':>10}{'GB/s':>8}")
-    for name, fps in (
-        ("write limit (zeros in 8 MiB blocks)", limit_fps),
-        ("simulator alone (nobody reading)", alone_fps),
-        ("stemcast serve, following simulator", live_fps),
-        ("stemcast serve, draining the file", drain_fps),
-        ("stemcast serve, client catching up", catch_up_fps),
-        ("plain pyzmq PUSH/PULL (memory)", plain_fps),
-    ):
-        print(f"{name:40}{fps:10.0f}{fps * FRAME_BYTES / 1e9:8.2f}")
-    print(
-        f"ratio to plain pyzmq: {live_fps / plain_fps:.0%} following the simulator, "
-        f"{drain_fps / plain_fps:.0%} draining, {catch_up_fps / plain_fps:.0%} catching up; "
-        f"the simulator alone writes at {alone_fps / plain_fps:.0%} of plain pyzmq, and the "
-        f"service follows it at {live_fps / alone_fps:.0%} of that; plain writes into this "
-        f"folder reach {limit_fps / plain_fps:.0%} of plain pyzmq"
-    )
-    print(
-        f"latency at 1 kHz ({len(latencies)} frames): p50 {p50:.2f} ms, p90 {p90:.2f} ms, "
-        f"p99 {p99:.2f} ms, max {latencies.max():.2f} ms"
-    )
+    if args.child_camera:
+        camera_child(json.loads(args.child_camera))
+        return
+    warnings.filterwarnings("ignore")
+    sections = list(SECTIONS) if args.all else args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+    args.data.mkdir(parents=True, exist_ok=True)
+    describe_machine(("numpy", "zmq", "rsciio", "libertem", "stemcast"))
+    print(f"libzmq {zmq.zmq_version()}, workdir {args.workdir}, sections {', '.join(sections)}")
+    figures = Figures()
+    for number in range(args.repeat):
+        load = os.getloadavg()[0]
+        print(f"\nround {number + 1} of {args.repeat} (load average {load:.2f})", flush=True)
+        figures.add("load average at the start of the round", load, "")
+        one_round(figures, sections, args)
+    figures.summary()
 
 
 if __name__ == "__main__":

@@ -369,36 +369,46 @@ def simulate_mib(
     payloads: list[npt.NDArray[Any]] = []
     written = 0
 
+    def next_file() -> MibWriter:
+        nonlocal writer, start
+        if writer is not None:
+            writer.commit()
+        stem = f"{name}{len(paths) + 1}" if frames_per_file else name
+        path = folder / f"{stem}.mib"
+        start = start or datetime.now(UTC)
+        offset = written * interval + (written // width) * flyback_s
+        writer = MibWriter(
+            path,
+            **common,
+            frames_expected=total,
+            hdr_scan_size=hdr_scan_size,
+            start_time=start + timedelta(seconds=offset),
+            write_hdr=not paths,
+            first_sequence=written + 1,
+        )
+        paths.append(path)
+        if not payloads:
+            payloads.append(writer.payloads(pool.patterns))
+        return writer
+
     def write(indices: npt.NDArray[np.intp]) -> None:
-        nonlocal writer, start, written
+        nonlocal written
         done = 0
         while done < len(indices):
-            if writer is None or (frames_per_file and writer.frames_written >= frames_per_file):
-                if writer is not None:
-                    writer.commit()
-                stem = f"{name}{len(paths) + 1}" if frames_per_file else name
-                path = folder / f"{stem}.mib"
-                start = start or datetime.now(UTC)
-                offset = written * interval + (written // width) * flyback_s
-                writer = MibWriter(
-                    path,
-                    **common,
-                    frames_expected=total,
-                    hdr_scan_size=hdr_scan_size,
-                    start_time=start + timedelta(seconds=offset),
-                    write_hdr=not paths,
-                    first_sequence=written + 1,
-                )
-                paths.append(path)
-                if not payloads:
-                    payloads.append(writer.payloads(pool.patterns))
-            room = frames_per_file - writer.frames_written if frames_per_file else len(indices)
+            current = writer
+            if current is None or (frames_per_file and current.frames_written >= frames_per_file):
+                current = next_file()
+            room = frames_per_file - current.frames_written if frames_per_file else len(indices)
             part = indices[done : done + room]
-            writer.write_payloads(payloads[0], part)
+            current.write_payloads(payloads[0], part)
             done += len(part)
             written += len(part)
 
     try:
+        if interrupt_after is None or interrupt_after > 0:
+            # Ready before the first frame, as the camera is once armed: the first frame is
+            # written on time.
+            next_file()
         _record(lines, write, fps, flyback_s, interrupt_after)
         if interrupt_after is not None and writer is not None and written < total:
             # The camera stopped while writing the next frame: half a record stays behind.
