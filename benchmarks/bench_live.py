@@ -512,54 +512,112 @@ def wait_for(path: Path, timeout_s: float) -> float:
     return time.monotonic() - started
 
 
-def follow(
-    work: Path, args: argparse.Namespace, name: str, frames: int, fps: float
-) -> tuple[float, np.ndarray, float, int, float]:
-    """The camera writes a run that the service converts live while a client receives it.
+@dataclass
+class Followed:
+    """What following one run measured."""
 
-    Returns the rate received (GB/s), each frame's lag (s), the simulator's write rate (GB/s),
-    the frames lost, and when the EMD file was final after the camera's last write (s).
-    """
+    received: float  # GB/s
+    lags: np.ndarray  # s, per frame
+    simulator: float  # GB/s written
+    lost: int
+    emd_final: float  # s after the camera's last write
+    cpu: dict[str, float]  # CPU-seconds per GB received, by process
+
+
+def children_cpu(pid: int) -> float:
+    """CPU seconds of the live child processes of ``pid`` (the conversion workers)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/stat") as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += cpu_seconds(int(entry))
+    return total
+
+
+def follow(work: Path, args: argparse.Namespace, name: str, frames: int, fps: float) -> Followed:
+    """The camera writes a run that the service converts live while a client receives it."""
+    import resource
+
     folder, output = work / "camera", work / "converted"
     folder.mkdir(exist_ok=True)
-    with service(folder, work, "--output", str(output), "--convert", "emd") as (_, endpoint, _):
+    options = ("--output", str(output), "--convert", "emd")
+    with service(folder, work, *options) as (process, endpoint, _):
         with Subscriber(endpoint, start="run", timeout_s=args.timeout) as subscriber:
-            process, wait = camera(folder, "mib", mib_options(name, frames, fps), args.timeout)
+            before = (
+                cpu_seconds(process.pid),
+                children_cpu(process.pid),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+                time.process_time(),
+            )
+            camera_process, wait = camera(
+                folder, "mib", mib_options(name, frames, fps), args.timeout
+            )
             try:
                 _, arrivals, end = receive(subscriber, frames)
+                client = time.process_time() - before[3]
                 run = wait()
             finally:
-                stop(process)
+                stop(camera_process)
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            simulator_cpu = (
+                usage.ru_utime + usage.ru_stime - before[2].ru_utime - before[2].ru_stime
+            )
         written = run.frame_written_ns(RECORD_BYTES)
         lost = frames - min(len(arrivals), len(written), int(end["frames"]))
         wait_for(output / folder.name / f"{name}.emd", args.timeout)
         final = (time.monotonic_ns() - run.writes[-1, 1]) / 1e9
+        served = cpu_seconds(process.pid) - before[0]
+        converting = children_cpu(process.pid) - before[1]
     lags = (arrivals - written[: len(arrivals)]) / 1e9
     for path in folder.iterdir():
         path.unlink()
     shutil.rmtree(output, ignore_errors=True)
-    return rate_gbps(arrivals), lags, write_rate(run), lost, final
+    gigabytes = frames * FRAME_BYTES / 1e9
+    cpu = {
+        "simulator": simulator_cpu / gigabytes,
+        "service": served / gigabytes,
+        "conversion workers": converting / gigabytes,
+        "client": client / gigabytes,
+    }
+    return Followed(rate_gbps(arrivals), lags, write_rate(run), lost, final, cpu)
 
 
-def section_follow(figures: Figures, work: Path, args: argparse.Namespace) -> None:
-    rate, lags, simulator, lost, final = follow(work, args, "fast", args.follow_frames, 0.0)
-    p50, p99 = np.percentile(lags, [50, 99])
-    figures.add("follow at full speed + live EMD, received", rate, "GB/s")
-    figures.add("follow at full speed, simulator writing", simulator, "GB/s")
+def section_follow(
+    figures: Figures, work: Path, args: argparse.Namespace, ceiling: float | None
+) -> None:
+    fast = follow(work, args, "fast", args.follow_frames, 0.0)
+    p50, p99 = np.percentile(fast.lags, [50, 99])
+    figures.add("follow at full speed + live EMD, received", fast.received, "GB/s")
+    if ceiling:
+        figures.add(
+            "follow at full speed / min(plain pyzmq, simulator alone)",
+            fast.received / ceiling,
+            "ratio",
+            Goal(">= 0.6", at_least=0.6),
+        )
+    figures.add("follow at full speed, simulator writing", fast.simulator, "GB/s")
     figures.add("follow at full speed, lag p50", p50, "s")
     figures.add("follow at full speed, lag p99", p99, "s")
-    figures.add("follow at full speed, lag max", float(lags.max()), "s")
-    figures.add("follow at full speed, frames lost", lost, "frames", Goal("0", at_most=0))
-    figures.add("follow at full speed, EMD final after last write", final, "s")
-    frames = args.paced_frames
-    rate, lags, _, lost, final = follow(work, args, "paced", frames, 2000.0)
-    p50, p99 = np.percentile(lags, [50, 99])
-    figures.add("follow 2 kHz 12-bit 256x256 + live EMD, received", rate, "GB/s")
+    figures.add("follow at full speed, lag max", float(fast.lags.max()), "s")
+    figures.add("follow at full speed, frames lost", fast.lost, "frames", Goal("0", at_most=0))
+    figures.add("follow at full speed, EMD final after last write", fast.emd_final, "s")
+    for process, seconds in fast.cpu.items():
+        figures.add(f"follow at full speed, CPU of the {process}", seconds, "CPU s/GB")
+    figures.add("follow at full speed, CPU of all", sum(fast.cpu.values()), "CPU s/GB")
+    paced = follow(work, args, "paced", args.paced_frames, 2000.0)
+    p50, p99 = np.percentile(paced.lags, [50, 99])
+    figures.add("follow 2 kHz 12-bit 256x256 + live EMD, received", paced.received, "GB/s")
     figures.add("follow 2 kHz, lag p50", p50, "s")
     figures.add("follow 2 kHz, lag p99", p99, "s", Goal("< 0.5", at_most=0.5))
-    figures.add("follow 2 kHz, lag max", float(lags.max()), "s")
-    figures.add("follow 2 kHz, frames lost", lost, "frames", Goal("0", at_most=0))
-    figures.add("follow 2 kHz, EMD final after last write", final, "s")
+    figures.add("follow 2 kHz, lag max", float(paced.lags.max()), "s")
+    figures.add("follow 2 kHz, frames lost", paced.lost, "frames", Goal("0", at_most=0))
+    figures.add("follow 2 kHz, EMD final after last write", paced.emd_final, "s")
+    for process, seconds in paced.cpu.items():
+        figures.add(f"follow 2 kHz, CPU of the {process}", seconds, "CPU s/GB")
 
 
 def paced_writer(path: Path, frames: int, fps: float, written: list[int]) -> None:
@@ -726,11 +784,19 @@ def one_round(figures: Figures, sections: list[str], args: argparse.Namespace) -
             figures.add("plain pyzmq PUSH/PULL from memory", plain, "GB/s")
             figures.add("plain pyzmq pusher CPU", pusher_cpu, "CPU s/GB")
             figures.add("plain pyzmq puller CPU", puller_cpu, "CPU s/GB")
+
+        def ceiling() -> float | None:
+            # Following cannot be faster than plain pyzmq nor than the simulator alone.
+            alone = figures.values.get("simulator --fps 0, 12-bit 256x256")
+            if plain is None or not alone or "simulator" not in sections:
+                return None
+            return min(plain, alone[-1])
+
         steps: list[tuple[str, Callable[[], None]]] = [
             ("simulator", lambda: section_simulator(figures, work, args)),
             ("rates", lambda: section_rates(figures, work, args)),
             ("drain", lambda: section_drain(figures, work, args, plain)),
-            ("follow", lambda: section_follow(figures, work, args)),
+            ("follow", lambda: section_follow(figures, work, args, ceiling())),
             ("latency", lambda: section_latency(figures, work, args)),
             ("readers", lambda: section_readers(figures, args)),
             ("convert", lambda: section_convert(figures, args)),

@@ -324,7 +324,7 @@ def load_mib_data(
         return _shape_output(mapped, layout, nav, return_headers, True)
     if not lazy:
         return as_frames(_squeeze(read_frames(run, first, nav)))
-    return lazy_frames(FrameSource(run, first, nav), chunks).squeeze()
+    return _lazy(FrameSource(run, first, nav), chunks)
 
 
 def _shape_output(
@@ -477,7 +477,14 @@ def _load_oriented(
     assert prop.run is not None
     if not lazy:
         return as_frames(_squeeze(read_frames(prop.run, first, nav, flip_rows=True)))
-    return lazy_frames(FrameSource(prop.run, first, nav, flip_rows=True), chunks).squeeze()
+    return _lazy(FrameSource(prop.run, first, nav, flip_rows=True), chunks)
+
+
+def _lazy(source: FrameSource, chunks: Any) -> Any:
+    """Return the dask array of the frames, squeezed, summing whole frames from the records."""
+    from stemcast.formats.mib.lazy_sums import LazyFrames
+
+    return LazyFrames.of(lazy_frames(source, chunks).squeeze(), source.run, source.first)
 
 
 def _open_run(

@@ -66,6 +66,32 @@ def frame_totals(
     return totals
 
 
+def block_totals(run: MibRun, lo: int, hi: int) -> npt.NDArray[np.uint64]:
+    """Sum each of frames ``lo:hi`` of a run over all its pixels, on the calling thread.
+
+    Parameters
+    ----------
+    run
+        The run to read.
+    lo, hi
+        The frames.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``hi - lo`` totals, ``uint64``.
+    """
+    layout = run.layout
+    if layout.raw and layout.counter_depth == 1:
+        kernel = _packed_kernel(layout, None)
+    else:
+        kernel = _decoded_kernel(layout, None)
+    totals: npt.NDArray[np.uint64] = kernel(block_records(run, lo, hi)["data"]).astype(
+        np.uint64, copy=False
+    )
+    return totals
+
+
 def _stored_mask(mask: npt.ArrayLike, layout: MibLayout) -> npt.NDArray[np.bool_]:
     """Check the mask and turn it to the stored orientation (rows as in the file)."""
     array = np.asarray(mask)
