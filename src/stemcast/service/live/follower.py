@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -62,6 +63,8 @@ class _Records:
     start: int
     headers: npt.NDArray[Any]
     batch: FrameBatch | None
+    #: The first frame alone, read for a preview when the batch's frames were not.
+    first: FrameBatch | None = None
 
     @property
     def stop(self) -> int:
@@ -72,7 +75,7 @@ class _Records:
         batch = self.batch
         if batch is not None:
             batch = FrameBatch(batch.start, batch.frames[:keep], batch.headers[:keep])
-        return _Records(self.start, self.headers[:keep], batch)
+        return _Records(self.start, self.headers[:keep], batch, self.first if keep else None)
 
 
 class RunFollower:
@@ -279,19 +282,22 @@ class RunFollower:
         return RunStatus.COMPLETE, why
 
     def _read(self, start: int, stop: int) -> asyncio.Task[_Records]:
-        # The frames are read only if a consumer would take them from this batch (a data
-        # client keeping up, a preview due); the others read them back from the files.
-        frames = self.publisher.wants_frames(self.state, self.entry, start)
-        return asyncio.ensure_future(asyncio.to_thread(self._read_timed, start, stop, frames))
+        # The frames are read only if a data client would take them from this batch (the
+        # others read them back from the files), the first alone for a preview due.
+        frames = self.publisher.wants_frames(self.entry, start)
+        preview = not frames and self.publisher.preview_due(self.state)
+        read = functools.partial(self._read_timed, start, stop, frames=frames, preview=preview)
+        return asyncio.ensure_future(asyncio.to_thread(read))
 
-    def _read_timed(self, start: int, stop: int, frames: bool) -> _Records:
+    def _read_timed(self, start: int, stop: int, *, frames: bool, preview: bool) -> _Records:
         """Read records ``start:stop`` (their headers only unless ``frames``), timing it."""
         began = time.perf_counter()
         if frames:
             batch = self.source.read(start, stop, self._buffers)
             records = _Records(start, batch.headers, batch)
         else:
-            records = _Records(start, self.source.read_headers(start, stop), None)
+            first = self.source.read(start, start + 1, self._buffers) if preview else None
+            records = _Records(start, self.source.read_headers(start, stop), None, first)
         if self.metrics is not None:
             detector = self.source.detector
             self.metrics.decode_latency(detector, time.perf_counter() - began)
@@ -346,7 +352,8 @@ class RunFollower:
             self.metrics.ingested(self.source.detector, count, count * self.source.record_size)
         fields = FrameFields(times, self.source.exposure_ms(records.headers))
         if records.batch is None:
-            self.publisher.readable(self.state, self.entry, records.stop, count)
+            first = None if records.first is None else (records.first, fields[:1])
+            self.publisher.readable(self.state, self.entry, records.stop, count, first)
         else:
             self.publisher.frames(self.state, self.entry, records.batch, fields)
         self.published = records.stop

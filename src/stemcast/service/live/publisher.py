@@ -153,24 +153,7 @@ class Publisher:
         fields
             Header fields of its frames (timestamps, exposure).
         """
-        previewed = 0
-        now = time.monotonic()
-        if len(batch) and now - state.last_preview >= self.preview_interval:
-            # The first frame of the batch: batches come far more often than previews.
-            state.last_preview = now
-            offset = 0
-            header = {
-                "htype": FRAME,
-                "series": entry.series,
-                "shape": entry.header["shape"],
-                "dtype": entry.header["dtype"],
-                "frame": batch.start + offset,
-                "sequence": self.sequence + offset,
-                "timestamp_ns": fields.timestamp(offset),
-                "exposure_ms": fields.exposure_ms,
-                "nav_position": entry.position(batch.start + offset),
-            }
-            previewed += self._preview(header, batch.frames[offset])
+        previewed = self._preview_first(state, entry, batch, fields)
         self.sequence += len(batch)
         state.frames_sent += len(batch)
         self.catalog.advance(entry, batch.stop, (batch, fields))
@@ -178,19 +161,42 @@ class Publisher:
             detector = str(entry.header.get("detector", "unknown"))
             self.metrics.preview_dropped(detector, len(batch) - previewed)
 
-    def wants_frames(self, state: SeriesState, entry: SeriesEntry, start: int) -> bool:
-        """Whether anyone takes the frames of the batch starting at ``start`` as it is read.
+    def preview_due(self, state: SeriesState) -> bool:
+        """Whether the series' next frame would be previewed (its rate limit allows one)."""
+        return time.monotonic() - state.last_preview >= self.preview_interval
 
-        A data client keeping up takes them from the batch the follower reads, and a
-        preview may be due; otherwise the follower reads only the records' headers, and the
+    def _preview_first(
+        self, state: SeriesState, entry: SeriesEntry, batch: FrameBatch, fields: FrameFields
+    ) -> int:
+        """Preview the batch's first frame if one is due; return how many frames went (0, 1)."""
+        if not len(batch) or not self.preview_due(state):
+            return 0
+        # The first frame of the batch: batches come far more often than previews.
+        state.last_preview = time.monotonic()
+        header = {
+            "htype": FRAME,
+            "series": entry.series,
+            "shape": entry.header["shape"],
+            "dtype": entry.header["dtype"],
+            "frame": batch.start,
+            "sequence": self.sequence,
+            "timestamp_ns": fields.timestamp(0),
+            "exposure_ms": fields.exposure_ms,
+            "nav_position": entry.position(batch.start),
+        }
+        return int(self._preview(header, batch.frames[0]))
+
+    def wants_frames(self, entry: SeriesEntry, start: int) -> bool:
+        """Whether a data client takes the frames of the batch starting at ``start`` as read.
+
+        A client keeping up takes them from the batch the follower reads; otherwise the
+        follower reads only the records' headers (and the frame of a preview due), and the
         clients behind read the frames back from the files when they get there.
 
         Parameters
         ----------
-        state
-            The series' preview state.
         entry
-            Its catalog entry.
+            The series' catalog entry.
         start
             The batch's first frame.
 
@@ -199,10 +205,16 @@ class Publisher:
         bool
             Whether to read the batch's frames.
         """
-        preview_due = time.monotonic() - state.last_preview >= self.preview_interval
-        return preview_due or self.data.keeping_up(entry, start)
+        return self.data.keeping_up(entry, start)
 
-    def readable(self, state: SeriesState, entry: SeriesEntry, stop: int, count: int) -> None:
+    def readable(
+        self,
+        state: SeriesState,
+        entry: SeriesEntry,
+        stop: int,
+        count: int,
+        preview: tuple[FrameBatch, FrameFields] | None = None,
+    ) -> None:
         """Make frames up to ``stop`` readable without handing them out (nobody wants them now).
 
         Parameters
@@ -215,12 +227,16 @@ class Publisher:
             Frames of the series readable now.
         count
             Frames added (``stop`` minus those readable before).
+        preview
+            The first of them, read for a preview due, with its header fields.
         """
+        previewed = 0 if preview is None else self._preview_first(state, entry, *preview)
         self.sequence += count
         state.frames_sent += count
         self.catalog.advance(entry, stop)
         if self.metrics is not None:
-            self.metrics.preview_dropped(str(entry.header.get("detector", "unknown")), count)
+            detector = str(entry.header.get("detector", "unknown"))
+            self.metrics.preview_dropped(detector, count - previewed)
 
     def series_end(self, state: SeriesState, entry: SeriesEntry, fields: dict[str, Any]) -> None:
         """Close a series in the catalog and on the preview channel.
