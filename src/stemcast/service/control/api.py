@@ -59,7 +59,7 @@ _READING = frozenset(("GET", "HEAD", "OPTIONS"))
 _DETECTORS = {".mib": "merlin", ".tvips": "tvips"}
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _Model = TypeVar("_Model", bound=BaseModel)
-#: Characters of a malformed HTTP message's problem repeated in the answer.
+#: Characters of aiohttp's description of a malformed HTTP message kept in the answer.
 _SHOWN = 200
 #: Job fields the API leaves out: internal bookkeeping.
 _INTERNAL = frozenset(("key", "tags", "fingerprints"))
@@ -152,13 +152,19 @@ class _JsonErrorsHandler(web.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        # The parent logs the problem and refuses when a response was already sent.
-        super().handle_error(request, status, exc, message)
         if status >= 500:
+            # The parent logs the traceback and refuses when a response was already sent.
+            super().handle_error(request, status, exc, message)
             text = f"{HTTPStatus(status).phrase}: the service log has the details"
         else:
-            problem = (message or HTTPStatus(status).phrase).strip().splitlines()[0]
-            text = f"not an HTTP request the API can read: {problem[:_SHOWN]}"
+            if request.writer.output_size > 0:
+                raise ConnectionError("a response was sent already: no room for the error")
+            # What aiohttp found, without the bytes it quotes (they may hold a header's secret).
+            first = (message or HTTPStatus(status).phrase).strip().splitlines()[0]
+            problem = first.split(":", 1)[0][:_SHOWN]
+            # A client's mistake, not the service's: one line, no traceback.
+            _logger.warning("refused a malformed HTTP request from %s: %s", request.remote, problem)
+            text = f"not an HTTP request the API can read: {problem}"
         response = web.json_response({"error": text}, status=status)
         response.force_close()
         return response

@@ -115,7 +115,11 @@ TargetNames = Annotated[
     _one_error('"emd,blockfile" or a list of target names such as ["emd"]'),
 ]
 Scaling = Annotated[
-    Literal["auto", "dtype", "minmax", "crop"] | tuple[FiniteNumber, FiniteNumber] | None,
+    # A list, not a tuple: a wrapped validator sees Python values, and strict mode takes
+    # only tuples for tuples there.
+    Literal["auto", "dtype", "minmax", "crop"]
+    | Annotated[list[FiniteNumber], Field(min_length=2, max_length=2)]
+    | None,
     _one_error('null, "auto", "dtype", "minmax", "crop" or [low, high] (finite numbers)'),
 ]
 Limit = Annotated[int, Field(ge=0, le=MAX_LIMIT), BeforeValidator(_count)]
@@ -296,7 +300,7 @@ def _describe(error: ValidationError, model: type[BaseModel]) -> str:
     """One message naming each problem of a request: ``where: what``, joined by ``; ``."""
     problems = []
     for item in error.errors(include_url=False):
-        where = ".".join(str(part) for part in item["loc"])
+        where = ".".join(map(_field_name, item["loc"]))
         kind = item["type"]
         if kind == "json_invalid":
             reason = item.get("ctx", {}).get("error", item["msg"])
@@ -314,6 +318,12 @@ def _describe(error: ValidationError, model: type[BaseModel]) -> str:
             message = item["msg"][:1].lower() + item["msg"][1:]
             problems.append(f"{where}: {message}, got {_shown(item['input'])}")
     return "; ".join(problems)
+
+
+def _field_name(part: int | str) -> str:
+    """Write a part of a field's location for a message: quoted unless a plain name."""
+    text = str(part)
+    return text if re.fullmatch(r"[A-Za-z0-9_]+", text) else json.dumps(text)
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
@@ -466,6 +476,8 @@ def _array(schema: Mapping[str, Any], definitions: Mapping[str, Any]) -> str:
         return "[" + ", ".join(_type(item, definitions) for item in schema["prefixItems"]) + "]"
     items = _type(schema.get("items", {}), definitions) if schema.get("items") else "values"
     low, high = schema.get("minItems"), schema.get("maxItems")
+    if low is not None and low == high:
+        return "[" + ", ".join([items] * low) + "]"
     counted = f" ({low}-{high} items)" if low is not None and high is not None else ""
     return f"array of {items}{counted}"
 
