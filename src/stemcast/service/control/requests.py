@@ -191,7 +191,7 @@ class ConvertRunBody(_Strict):
     navigation_shape: tuple[Axis, Axis] | None = Field(
         default=None,
         description="Scan shape `[x, y]` to write; the frames must fill its first line. "
-        "`null`: the run's.",
+        "`null`: the run's (the one the service found, else inferred from its files).",
     )
 
 
@@ -376,7 +376,7 @@ def markdown() -> str:
     sections = [_START, ""]
     for heading, model in _DOCUMENTED:
         summary = (model.__doc__ or "").strip().replace("``", "`")
-        sections += [f"#### {heading}", "", summary, ""]
+        sections += [f"### {heading}", "", summary, ""]
         sections += ["| field | type | default | meaning |", "|---|---|---|---|"]
         schema = model.model_json_schema()
         definitions = schema.get("$defs", {})
