@@ -387,6 +387,21 @@ class Registry:
         rows = self._select("runs", {"status": _state(status, RunStatus, "status")}, limit)
         return [_run_dict(row) for row in rows]
 
+    def runs_after(self, run_id: str) -> list[str]:
+        """Return the ids of the runs recorded after ``run_id``, oldest first.
+
+        Parameters
+        ----------
+        run_id
+            A run's id; when the registry does not hold it, no run is after it.
+        """
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT id FROM runs WHERE seq > (SELECT seq FROM runs WHERE id = ?) ORDER BY seq",
+                (run_id,),
+            ).fetchall()
+        return [row["id"] for row in rows]
+
     def finished_paths(self) -> set[str]:
         """Return every file of the runs that ended complete, interrupted or failed.
 
