@@ -486,6 +486,7 @@ def section_drain(
             catch_up = rate_gbps(receive(late, frames)[1])
             late_service_cpu = cpu_seconds(process.pid) - before
             late_client_cpu = time.process_time() - own
+    reading = read_back_cpu(staging / "drained.mib")
     for path in (*folder.iterdir(), *staging.iterdir()):
         path.unlink()
     figures.add("serve, draining a finished run", drained, "GB/s")
@@ -500,6 +501,28 @@ def section_drain(
         figures.add("serve catching up / plain pyzmq", catch_up / plain, "ratio")
     figures.add("serve CPU while a client catches up", late_service_cpu / gigabytes, "CPU s/GB")
     figures.add("client CPU while catching up", late_client_cpu / gigabytes, "CPU s/GB")
+    figures.add("reading back alone: positional reads + decoding", reading, "CPU s/GB")
+
+
+def read_back_cpu(path: Path) -> float:
+    """CPU-seconds per GB of reading a run back as the data channel does, in this thread.
+
+    Positional reads of batches of records into reused buffers and one decoding pass (byte
+    swap and row flip): the work the service does for a client that plain pyzmq, sending
+    from memory, does not.
+    """
+    from stemcast.batch import BufferPool
+    from stemcast.service.live.tail import MibSource
+
+    source = MibSource.open(path)
+    buffers = BufferPool()
+    step = 32
+    started = time.thread_time()
+    for first in range(0, source.frames, step):
+        batch = source.read(first, min(first + step, source.frames), buffers)
+        source.times_ns(batch.headers)
+        del batch
+    return (time.thread_time() - started) / (source.frames * FRAME_BYTES / 1e9)
 
 
 def wait_for(path: Path, timeout_s: float) -> float:

@@ -1,9 +1,10 @@
 """Follow one run from its first complete record to its end, at the camera's pace.
 
-The follower reads each batch of complete records as it appears (for the scan shape, the
-preview channel, the registry and the metrics) and then makes it readable in the catalog;
-it never waits for a consumer, since every consumer reads the frames back from the files
-at its own pace.
+The follower reads each batch of complete records as it appears (their headers for the scan
+shape, the registry and the metrics; their frames too when a data client keeping up will take
+them from the batch, or the first alone for a preview) and then makes it readable in the
+catalog; it never waits for a consumer, since every consumer reads the frames back from the
+files at its own pace.
 
 A run ends by its data when the number of frames it holds is known: the ``.hdr`` count or
 scan size, the configured scan shape, or a TVIPS rotator index dropping back to 0 after the
