@@ -55,6 +55,9 @@ _logger = logging.getLogger(__name__)
 
 #: Largest message a client may send (its requests are small JSON objects).
 _MAX_CLIENT_MESSAGE = 64 * 1024
+#: pyzmq's send of one message part, below its Python layer: ``(socket, data, flags, copy,
+#: track)``.
+_send_part = zmq.backend.Socket.send
 #: Seconds between two looks for clients that went silent.
 _SWEEP_S = 0.5
 
@@ -458,7 +461,7 @@ class DataServer:
                 entry.position(frame),
             )
             # The pixels go without a copy: ZeroMQ holds the batch's buffer until sent.
-            await self._deliver([identity, header, batch.frames[offset]])
+            await self._deliver(identity, header, batch.frames[offset])
             session.messages += 1
             session.credit -= 1
             session.frames_sent += 1
@@ -473,12 +476,21 @@ class DataServer:
         # Other clients, the followers and the requests go on between two batches.
         await asyncio.sleep(0)
 
-    async def _deliver(self, parts: list[Any]) -> None:
-        """Send a message at once if ZeroMQ takes it, else wait until it can."""
+    async def _deliver(self, identity: bytes, header: bytes, frame: Any) -> None:
+        """Send a frame message at once if ZeroMQ takes it, else wait until it can.
+
+        The parts go through pyzmq's C-level send: its Python layer (argument checks, a
+        loop over the parts) cost more than half of each message's sending time. The first
+        part is the only one that can find ZeroMQ full (a message goes whole or not at all).
+        """
+        sender = self._sender
         try:
-            self._sender.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            _send_part(sender, identity, zmq.SNDMORE | zmq.NOBLOCK, True, False)
         except zmq.Again:
-            await self.socket.send_multipart(parts, copy=False)
+            await self.socket.send_multipart([identity, header, frame], copy=False)
+            return
+        _send_part(sender, header, zmq.SNDMORE | zmq.NOBLOCK, True, False)
+        _send_part(sender, frame, zmq.NOBLOCK, False, False)
 
 
 def _is_position(start: Any) -> bool:
