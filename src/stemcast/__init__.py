@@ -8,16 +8,30 @@ reads a file of any format, which makes the package a HyperSpy reader:
 
 from __future__ import annotations
 
+import functools
 import os
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("stemcast")
-except PackageNotFoundError:
-    __version__ = "0+unknown"
-
 __all__ = ["__version__", "file_reader", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``__version__`` is looked up on first use: importlib.metadata alone takes longer to
+    # import than numpy's core, and a conversion run as a command pays it for nothing.
+    if name == "__version__":
+        return _version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _version() -> str:
+    """Return the installed package's version (``0+unknown`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stemcast")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def load(path: str | os.PathLike[str], **kwargs: Any) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stemcast import __version__
+import stemcast
 from stemcast.errors import ParameterError, StemcastError
 
 _SHADES = " .:-=+*#%@"
@@ -685,12 +685,23 @@ def _convert_on_cluster(
     return failed
 
 
+class _Version(argparse.Action):
+    """``--version``: the package's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"stemcast {stemcast.__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``stemcast`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="stemcast", description="Live acquisition and file formats for 4D-STEM cameras."
     )
-    parser.add_argument("--version", action="version", version=f"stemcast {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     commands = parser.add_subparsers(dest="command", required=True)
 
