@@ -22,7 +22,6 @@ again from its files, so that its clients and its outputs continue where they we
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -123,6 +122,8 @@ class RunFollower:
         #: ``(frames available, when first seen)`` for frames not yet published: the lag.
         self._arrivals: deque[tuple[int, float]] = deque()
         self._seen_frames = 0
+        #: Whether the metrics were last told the run is caught up (no frame waiting).
+        self._caught_up_reported = False
         self.publisher = publisher
         self.settings = settings
         self.stopping = stopping
@@ -257,14 +258,29 @@ class RunFollower:
             if idle or self.superseded.is_set():
                 final_look = True
             else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), settings.tail_interval_s)
-                self.wake.clear()
+                await self._nap(settings.tail_interval_s)
             rescan = final_look or now - last_rescan >= settings.rescan_interval_s
             if rescan:
                 last_rescan = now
-            await asyncio.to_thread(self.source.refresh, rescan=rescan)
+            # A look at a run whose last file did not change is one stat, here; the reads go
+            # to a thread. On a network share (polling) even a stat can block: a thread too.
+            if rescan or settings.polling or self.source.grew():
+                await asyncio.to_thread(self.source.refresh, rescan=rescan)
             self._report_lag()
+
+    async def _nap(self, seconds: float) -> None:
+        """Wait until woken (the run's files changed) or ``seconds`` passed.
+
+        A timer that sets the wake-up event, rather than ``asyncio.wait_for`` (a task and a
+        timeout per call), since a followed run waits this way every millisecond.
+        """
+        if not self.wake.is_set():
+            timer = asyncio.get_running_loop().call_later(seconds, self.wake.set)
+            try:
+                await self.wake.wait()
+            finally:
+                timer.cancel()
+        self.wake.clear()
 
     async def _stopped(self) -> tuple[RunStatus, str]:
         """How a run whose files stopped growing (or whose next run started) ended."""
@@ -316,6 +332,9 @@ class RunFollower:
         while self._arrivals and self._arrivals[0][0] <= self.published:
             self._arrivals.popleft()
         behind = max(0, available - self.published)
+        if behind == 0 and self._caught_up_reported:
+            return  # nothing new to say, and a caught-up run is looked at every millisecond
+        self._caught_up_reported = behind == 0
         since = self._arrivals[0][1] if self._arrivals else None
         self.metrics.tail_lag(
             self.state.series,

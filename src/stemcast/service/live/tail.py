@@ -133,9 +133,25 @@ class FollowedRun(ABC):
     def metadata(self) -> dict[str, Any]:
         """Acquisition metadata for the series header (JSON-serialisable)."""
 
-    @abstractmethod
+    #: Size of the last file when the run was last looked at (``-1``: not yet).
+    _looked_size: int = -1
+
     def refresh(self, *, rescan: bool) -> None:
         """Look at the files again; ``rescan`` also looks for new files of the run."""
+        self._looked_size = os.path.getsize(self.files[-1])
+        self._refresh(rescan=rescan)
+
+    def grew(self) -> bool:
+        """Whether the last file's size changed since the last look: one ``stat``, cheap.
+
+        A run whose last file did not change has no new record in it (new files of the run
+        are what :meth:`refresh` with ``rescan`` looks for).
+        """
+        return os.path.getsize(self.files[-1]) != self._looked_size
+
+    @abstractmethod
+    def _refresh(self, *, rescan: bool) -> None:
+        """Look at the files again (see :meth:`refresh`)."""
 
     @abstractmethod
     def times_ns(self, headers: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
@@ -231,7 +247,7 @@ class MibSource(FollowedRun):
             "first_sequence": first.sequence_number,
         }
 
-    def refresh(self, *, rescan: bool) -> None:
+    def _refresh(self, *, rescan: bool) -> None:
         """Count the complete records again; ``rescan`` also looks for the run's next file."""
         self.run = self.run.refresh(siblings=rescan)
 
@@ -337,7 +353,7 @@ class TvipsSource(FollowedRun):
             frames = layout.decode(frames, out=pixels.reshape(frames.shape))
         return FrameBatch(start, frames, records["header"])
 
-    def refresh(self, *, rescan: bool) -> None:
+    def _refresh(self, *, rescan: bool) -> None:
         """Re-read the series when its last part grew or (``rescan``) a new part appeared."""
         last = self.run.parts[-1]
         size = os.path.getsize(last.path)
