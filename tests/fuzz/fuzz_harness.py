@@ -13,6 +13,7 @@ import json
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ class Report:
     kinds: dict[str, Figures] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     peak_kib: int = 0
+    peak_input: int | None = None
     wall_seconds: float = 0.0
 
     @property
@@ -72,7 +74,8 @@ class Report:
                 f"{f.unnamed:>7} {f.hang:>5} {f.crash:>7} {f.slow:>4} {f.max_seconds:>6.2f}"
             )
         lines.append(
-            f"peak resident memory of a worker: {self.peak_kib / 1024:.0f} MiB; "
+            f"peak resident memory of a worker: {self.peak_kib / 1024:.0f} MiB "
+            f"(reached at input {self.peak_input}); "
             f"{self.inputs} inputs in {self.wall_seconds:.0f} s"
         )
         for failure in self.failures[:20]:
@@ -118,7 +121,11 @@ class _Worker:
         self.process.stdin.write(f"{number}\n")
         self.process.stdin.flush()
 
-    def restart(self) -> None:
+    def restart(self, *, hung: bool = False) -> None:
+        if hung and self.process.poll() is None:
+            # The worker writes the stacks of its threads to the log before it is killed.
+            self.process.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
         self.stop()
         self.number = None
         self.process = self._start()
@@ -171,8 +178,8 @@ def run_campaign(
     """
     manifest = read_manifest(seeds)
     report = Report({kind: Figures() for kind in KINDS if any(s.kind == kind for s in manifest)})
-    shared_memory = Path("/dev/shm")
-    root = Path(tempfile.mkdtemp(prefix="fuzz-", dir=shared_memory if shared_memory.is_dir() else None))
+    memory = Path("/dev/shm")
+    root = Path(tempfile.mkdtemp(prefix="fuzz-", dir=memory if memory.is_dir() else None))
     pending: Iterator[int] = iter(numbers)
     pool = [_Worker(seeds, root / str(index), memory_limit, log) for index in range(workers)]
     selector = selectors.DefaultSelector()
@@ -188,7 +195,8 @@ def run_campaign(
         setattr(figures, kind, getattr(figures, kind) + 1)
         seconds = result.get("seconds", 0.0)
         figures.max_seconds = max(figures.max_seconds, seconds)
-        report.peak_kib = max(report.peak_kib, result.get("peak_kib", 0))
+        if result.get("peak_kib", 0) > report.peak_kib:
+            report.peak_kib, report.peak_input = result["peak_kib"], number
         if kind in FAILURES or seconds > slow_seconds:
             if seconds > slow_seconds:
                 figures.slow += 1
@@ -200,9 +208,9 @@ def run_campaign(
             report.wall_seconds = time.monotonic() - start
             progress(report)
 
-    def replace(worker: _Worker) -> None:
+    def replace(worker: _Worker, *, hung: bool = False) -> None:
         selector.unregister(worker.stdout)
-        worker.restart()
+        worker.restart(hung=hung)
         selector.register(worker.stdout, selectors.EVENT_READ, worker)
 
     def feed(worker: _Worker) -> bool:
@@ -230,7 +238,7 @@ def run_campaign(
             for worker in active:
                 if worker.number is not None and now - worker.started > hang_seconds:
                     number = worker.number
-                    replace(worker)
+                    replace(worker, hung=True)
                     record(number, {"outcome": "hang", "seconds": now - worker.started})
             active = [worker for worker in active if worker.number is not None or feed(worker)]
     finally:

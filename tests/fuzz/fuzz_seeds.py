@@ -19,8 +19,8 @@ from typing import Any
 
 import h5py
 import numpy as np
-
 from fuzz_cases import Seed, write_manifest
+
 from stemcast.formats.blockfile.spec import VBF_OFFSET
 from stemcast.formats.emd.writer import file_writer as write_emd
 from stemcast.formats.mib.spec import parse_header_size
@@ -30,7 +30,7 @@ from stemcast.simulate import simulate_mib, simulate_tvips
 from stemcast.writers.blockfile import file_writer as write_blockfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from readers.emd_support import Detector, random_cube, write_velox  # noqa: E402
+from readers.emd_support import Detector, random_cube, write_velox
 
 START = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -104,9 +104,8 @@ def _blockfile_seed(directory: Path, name: str, nav: tuple[int, int], size: int)
     start = path.stat().st_size - nav[0] * nav[1] * record
     ranges = [(0, 512), (VBF_OFFSET, start)]
     ranges += [(offset, offset + 6) for offset in range(start, path.stat().st_size, record)]
-    return Seed(
-        name, "blockfile", path.name, (path.name,), {path.name: ranges}, ("load", "lazy", "navigator")
-    )
+    reads = ("load", "lazy", "navigator")
+    return Seed(name, "blockfile", path.name, (path.name,), {path.name: ranges}, reads)
 
 
 def _hdf5_metadata_ranges(path: Path) -> list[tuple[int, int]]:
@@ -158,9 +157,7 @@ def _ncem_seed(directory: Path, name: str, **options: Any) -> Seed:
         "original_metadata": {"microscope": {"voltage": 300}},
     }
     write_emd(path, signal, **options)
-    return Seed(
-        name, "EMD NCEM", path.name, (path.name,), {path.name: _hdf5_metadata_ranges(path)}
-    )
+    return Seed(name, "EMD NCEM", path.name, (path.name,), {path.name: _hdf5_metadata_ranges(path)})
 
 
 def _velox_seed(directory: Path, name: str) -> Seed:
@@ -191,9 +188,7 @@ def write_seeds(directory: Path) -> list[Seed]:
     """
     directory.mkdir(parents=True, exist_ok=True)
     seeds = [
-        _mib_seed(
-            directory, "mib12", "MIB", scan_shape=(4, 3), frame_size=16, hdr_scan_size=True
-        ),
+        _mib_seed(directory, "mib12", "MIB", scan_shape=(4, 3), frame_size=16, hdr_scan_size=True),
         _mib_seed(directory, "mib1", "MIB", scan_shape=(3, 2), frame_size=16, counter_depth=1),
         _mib_seed(
             directory,
@@ -204,9 +199,7 @@ def write_seeds(directory: Path) -> list[Seed]:
             counter_depth=6,
             frames_per_file=4,
         ),
-        _mib_seed(
-            directory, "cut", "MIB", scan_shape=(4, 2), frame_size=8, interrupt_after=5
-        ),
+        _mib_seed(directory, "cut", "MIB", scan_shape=(4, 2), frame_size=8, interrupt_after=5),
         _raw_seed(directory, "raw1", 1, 8, 4),
         _raw_seed(directory, "raw12", 12, 2, 3),
         _raw_seed(directory, "raw24", 24, 2, 2),

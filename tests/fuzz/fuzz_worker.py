@@ -16,11 +16,13 @@ failure escapes the family.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
 import resource
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -30,9 +32,9 @@ from typing import Any, TextIO
 
 import dask
 import numpy as np
+from fuzz_cases import Input, Seed, input_of, mutated_files, read_manifest
 
 import stemcast
-from fuzz_cases import Input, Seed, input_of, mutated_files, read_manifest
 from stemcast.errors import StemcastError
 from stemcast.readers.blockfile import read_navigator
 from stemcast.readers.mib import virtual_image
@@ -107,7 +109,7 @@ def run(directory: Path, seeds: list[Seed], scratch: Path, number: int) -> dict[
     error: Exception | None = None
     try:
         read(scratch / item.seed.entry, item.read)
-    except Exception as caught:  # noqa: BLE001 - classified, not handled
+    except Exception as caught:
         error = caught
     seconds = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -129,6 +131,8 @@ def main() -> None:
     # Results go to a private copy of stdout; anything the libraries print goes to stderr.
     results = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
+    # The harness asks for the stacks of a worker it is about to kill as hung.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     warnings.simplefilter("ignore")
     logging.disable(logging.CRITICAL)
     dask.config.set(scheduler="synchronous")

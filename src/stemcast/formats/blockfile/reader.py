@@ -55,6 +55,15 @@ def read_header(
         raw = stream.read(VBF_OFFSET)
         header = parse_header(raw, endianess=endianess, path=path)
         if header.vbf_offset > len(raw):
+            # The note runs up to the navigator: never read past the end of the file for it.
+            size = os.fstat(stream.fileno()).st_size
+            if header.vbf_offset > size:
+                raise TruncatedError(
+                    f"the header puts the navigator at byte {header.vbf_offset} "
+                    f"(Data_offset_1), past the end of the file ({size} bytes)",
+                    path=path,
+                    offset=size,
+                )
             raw += stream.read(header.vbf_offset - len(raw))
             header = parse_header(raw, endianess=endianess, path=path)
     return header

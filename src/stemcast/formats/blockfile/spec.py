@@ -46,6 +46,8 @@ FRAME_MARKER = 0x55AA
 RECORD_HEADER_SIZE = 6
 #: Largest scan size and frame size: the header stores them as 16-bit integers.
 MAX_SIZE = 65535
+#: Largest frame record: numpy's structured dtypes hold at most a C ``int`` of bytes.
+MAX_RECORD_SIZE = 2**31 - 1
 #: The named ``intensity_scaling`` options of the writers (besides ``None`` and a range).
 INTENSITY_SCALINGS = ("dtype", "minmax", "crop")
 #: Origin of the OLE / Excel serial dates of ``Acquisition_time``.
@@ -385,7 +387,7 @@ def parse_header(
             raise FormatError(
                 f"header field {name} is 0: no frames to read",
                 path=where,
-                offset=record.dtype.fields[name][1],  # type: ignore[index]
+                offset=field_offset(order, name),
             )
     vbf, data = int(fields["Data_offset_1"]), int(fields["Data_offset_2"])
     frames = int(fields["NX"]) * int(fields["NY"])
@@ -405,7 +407,21 @@ def parse_header(
             path=where,
             offset=HEADER_SIZE,
         )
+    record_size = RECORD_HEADER_SIZE + header.frame_size**2 * header.bit_depth // 8
+    if record_size > MAX_RECORD_SIZE:
+        raise UnsupportedError(
+            f"frames of {header.frame_size} x {header.frame_size} {header.bit_depth}-bit "
+            f"pixels ({record_size} bytes a record) are larger than the {MAX_RECORD_SIZE} bytes "
+            "a record can have",
+            path=where,
+            offset=field_offset(order, "DP_SZ"),
+        )
     return header
+
+
+def field_offset(endianess: str, name: str) -> int:
+    """Byte offset of header field ``name``."""
+    return int(header_dtype(endianess).fields[name][1])  # type: ignore[index]
 
 
 def _field_value(name: str, value: Any, dtype: np.dtype[Any]) -> Any:

@@ -101,7 +101,7 @@ def run_scan_shape(
     frames: int,
     hdr: HdrScan,
     navigation_shape: Sequence[int] | None,
-    read_headers: Callable[[int, int], npt.NDArray[Any]] | None,
+    read_timestamps: Callable[[int, int], npt.NDArray[np.int64]] | None,
 ) -> ScanShape:
     """Infer the scan shape of a Merlin run: the user's shape, its ``.hdr``, its timestamps.
 
@@ -113,9 +113,9 @@ def run_scan_shape(
         What the run's ``.hdr`` says of the scan.
     navigation_shape
         The user's shape ``(x, y)``, if given.
-    read_headers
-        Reads the raw headers of frames ``start:stop``, for their timestamps; ``None`` when
-        the frames hold none.
+    read_timestamps
+        Reads the timestamps of frames ``start:stop`` (nanoseconds); ``None`` when the
+        frames hold none.
 
     Returns
     -------
@@ -133,9 +133,8 @@ def run_scan_shape(
     needs_timestamps = (
         navigation_shape is None and hdr.scan_size is None and (hdr.frames_per_trigger or 1) <= 1
     )
-    if needs_timestamps and read_headers is not None and frames > 2:
-        headers = read_headers(0, min(frames, _TIMESTAMP_FRAMES))
-        evidence["timestamps_ns"] = timestamps_ns(headers)
+    if needs_timestamps and read_timestamps is not None and frames > 2:
+        evidence["timestamps_ns"] = read_timestamps(0, min(frames, _TIMESTAMP_FRAMES))
     return infer_scan_shape(frames, **evidence)
 
 
@@ -296,7 +295,7 @@ class MibRun(Source):
         """
         timed = self.first_header.utc_time is not None
         return run_scan_shape(
-            self.frames, self.hdr_scan, navigation_shape, self.headers if timed else None
+            self.frames, self.hdr_scan, navigation_shape, self.timestamps_ns if timed else None
         )
 
     def scan(self) -> ScanGrid:
@@ -484,6 +483,30 @@ class MibRun(Source):
             low, high = min(low, values.min()), max(high, values.max())
             del mapped, values
         return float(low), float(high)
+
+    def timestamps_ns(self, start: int, stop: int) -> npt.NDArray[np.int64]:
+        """Return the timestamps of frames ``start:stop`` (MQ1A block), ns since the epoch.
+
+        Raises
+        ------
+        FormatError
+            Naming the file and the offset of the first header without a valid timestamp.
+        """
+        parts = []
+        while start < stop:
+            index, local = self._locate(start)
+            segment = self.segments[index]
+            last = min(stop, start + segment.frames - local)
+            parts.append(
+                timestamps_ns(
+                    self.headers(start, last),
+                    path=segment.path,
+                    offset=local * self.record_size,
+                    stride=self.record_size,
+                )
+            )
+            start = last
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     def headers(self, start: int, stop: int) -> npt.NDArray[Any]:
         """Return the raw header bytes of frames ``start:stop``."""

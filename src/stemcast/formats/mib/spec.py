@@ -463,18 +463,56 @@ def parse_timestamps(headers: bytes | Iterable[bytes], max_index: int = 10000) -
     return [_extended_field(item, -3) for item in _headers_list(headers, max_index)]
 
 
-def timestamps_ns(headers: Iterable[bytes]) -> npt.NDArray[np.int64]:
+def timestamps_ns(
+    headers: Iterable[bytes],
+    *,
+    path: str | os.PathLike[str] | None = None,
+    offset: int = 0,
+    stride: int = 0,
+) -> npt.NDArray[np.int64]:
     """Frame timestamps in nanoseconds since the epoch, from the MQ1A block of each header.
 
     Parameters
     ----------
     headers
         Raw frame headers.
+    path, offset, stride
+        Where the headers come from, for error messages: header ``i`` starts at byte
+        ``offset + i * stride`` of ``path``.
 
     Returns
     -------
     numpy.ndarray
         One ``int64`` per header.
+
+    Raises
+    ------
+    FormatError
+        If a header has no MQ1A timestamp, or one that is not an ISO 8601 time.
     """
-    stamps = [item.removesuffix("Z") for item in parse_timestamps(headers, max_index=-1)]
-    return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
+    items = list(headers)
+    try:
+        stamps = [item.removesuffix("Z") for item in parse_timestamps(items, max_index=-1)]
+        return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
+    except (ValueError, IndexError, OverflowError):
+        # Only now look for the culprit, header by header: the vectorised parse stays fast.
+        for index, item in enumerate(items):
+            try:
+                stamp = _extended_field(bytes(item), -3)
+                np.datetime64(stamp.removesuffix("Z"), "ns")
+            except (ValueError, IndexError, OverflowError):
+                raise FormatError(
+                    f"frame {index} of these headers has no valid MQ1A timestamp "
+                    f"(found {_field_text(item)!r})",
+                    path=path,
+                    offset=offset + index * stride,
+                ) from None
+        raise
+
+
+def _field_text(header: bytes) -> str:
+    """Return the field where a header's MQ1A timestamp should be, cut for messages."""
+    try:
+        return _extended_field(bytes(header), -3)[:40]
+    except IndexError:
+        return ""
