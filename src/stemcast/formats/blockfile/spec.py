@@ -314,6 +314,11 @@ class BlockfileHeader:
         return record_dtype(self.frame_size, self.pixel_dtype(endianess), endianess)
 
     @property
+    def record_size(self) -> int:
+        """Bytes of one frame record: marker, serial number and pattern."""
+        return RECORD_HEADER_SIZE + self.frame_size**2 * self.bit_depth // 8
+
+    @property
     def file_size(self) -> int:
         """Bytes a complete file has: up to the end of the last frame record."""
         return self.data_offset + self.frames * self.record_dtype().itemsize
@@ -406,15 +411,6 @@ def parse_header(
             f"the note announces {header.bit_depth}-bit pixels; only 8 and 16 are known",
             path=where,
             offset=HEADER_SIZE,
-        )
-    record_size = RECORD_HEADER_SIZE + header.frame_size**2 * header.bit_depth // 8
-    if record_size > MAX_RECORD_SIZE:
-        raise UnsupportedError(
-            f"frames of {header.frame_size} x {header.frame_size} {header.bit_depth}-bit "
-            f"pixels ({record_size} bytes a record) are larger than the {MAX_RECORD_SIZE} bytes "
-            "a record can have",
-            path=where,
-            offset=field_offset(order, "DP_SZ"),
         )
     return header
 

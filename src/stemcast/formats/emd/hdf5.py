@@ -484,9 +484,10 @@ def members(group: h5py.Group) -> list[tuple[str, Any]]:
     h5py's views iterate holding its global lock: a loop that raises (or stops) before the
     end leaves the lock with a suspended generator until the garbage collector closes it,
     possibly on another thread, which cannot release it, and h5py then deadlocks. Every
-    loop over a group's members therefore iterates this list.
+    loop over a group's members therefore iterates this list. Members whose name is not
+    UTF-8 text (h5py gives those as ``bytes``) are left out: no name the readers look for is.
     """
-    return list(group.items())
+    return [(name, node) for name, node in list(group.items()) if isinstance(name, str)]
 
 
 def decode_text(value: Any) -> str:

@@ -120,8 +120,9 @@ def _discover(source: Hdf5Source) -> list[str]:
     file = source.file
     found: list[str] = []
 
-    def visit(name: str, node: Any) -> None:
-        if not isinstance(node, h5py.Dataset):
+    def visit(name: str | bytes, node: Any) -> None:
+        # h5py gives a path that is not UTF-8 text as bytes: no data path the reader knows.
+        if not isinstance(node, h5py.Dataset) or not isinstance(name, str):
             return
         if not posixpath.basename(name).startswith(_DATA_NAMES):
             return
