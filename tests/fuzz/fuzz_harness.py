@@ -45,6 +45,7 @@ class Figures:
     crash: int = 0
     slow: int = 0
     max_seconds: float = 0.0
+    slowest: int | None = None
 
 
 @dataclass
@@ -66,12 +67,13 @@ class Report:
         """One line per format class, then the failures."""
         lines = [
             f"{'class':<10} {'inputs':>7} {'ok':>6} {'refused':>7} {'escaped':>7} "
-            f"{'unnamed':>7} {'hangs':>5} {'crashes':>7} {'slow':>4} {'max s':>6}"
+            f"{'unnamed':>7} {'hangs':>5} {'crashes':>7} {'slow':>4} {'max s':>6} (input)"
         ]
         for kind, f in self.kinds.items():
             lines.append(
                 f"{kind:<10} {f.inputs:>7} {f.ok:>6} {f.refused:>7} {f.escaped:>7} "
-                f"{f.unnamed:>7} {f.hang:>5} {f.crash:>7} {f.slow:>4} {f.max_seconds:>6.2f}"
+                f"{f.unnamed:>7} {f.hang:>5} {f.crash:>7} {f.slow:>4} {f.max_seconds:>6.2f} "
+                f"({f.slowest})"
             )
         lines.append(
             f"peak resident memory of a worker: {self.peak_kib / 1024:.0f} MiB "
@@ -194,7 +196,8 @@ def run_campaign(
         kind = result["outcome"]
         setattr(figures, kind, getattr(figures, kind) + 1)
         seconds = result.get("seconds", 0.0)
-        figures.max_seconds = max(figures.max_seconds, seconds)
+        if seconds > figures.max_seconds:
+            figures.max_seconds, figures.slowest = seconds, number
         if result.get("peak_kib", 0) > report.peak_kib:
             report.peak_kib, report.peak_input = result["peak_kib"], number
         if kind in FAILURES or seconds > slow_seconds:

@@ -130,10 +130,10 @@ class HeapCheckingFile:
 
     def read(self, size: int = -1) -> bytes:
         """Read ``size`` bytes from the current position (all that is left if negative)."""
-        if size < 0:
-            size = max(os.fstat(self._fd).st_size - self._position, 0)
         start = self._position
-        data = self._pread(size, start)
+        left = max(os.fstat(self._fd).st_size - start, 0)
+        # A corrupt address may lie anywhere below 2**64: past the end, nothing is read.
+        data = self._pread(left if size < 0 else min(size, left), start)
         self._position += len(data)
         if data[:4] == _HEAP_SIGNATURE and self._heap_is_bad(start, data):
             data = bytes(4) + data[4:]
