@@ -40,8 +40,8 @@ _HEAP_SIGNATURE = b"GCOL"
 _H5PY_DIRECTORY = str(Path(h5py.__file__).resolve().parent)
 #: What h5py raises when the HDF5 library reports an error.
 _H5PY_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
-#: Datatype classes in the first byte of an encoded HDF5 datatype message.
-_COMPOUND, _VLEN, _ARRAY = 6, 9, 10
+#: First bytes of an encoded datatype (``H5Tencode``): the datatype message id, version 0.
+_ENCODING_PREFIX = b"\x03\x00"
 #: Kinds of variable-length types: sequence and string.
 _VLEN_KINDS = (0, 1)
 #: Most bytes a chunked dataset may declare per byte it stores (gzip's best ratio is ~1030).
@@ -51,7 +51,7 @@ SIZE_SLACK = 2**26
 
 
 def _heap_problem(collection: bytes, length_size: int) -> str | None:
-    """Why HDF5 would not get through the objects of a global heap collection, if it would not.
+    """Tell why HDF5 would not get through the objects of a global heap collection, if so.
 
     ``collection`` is the whole collection (``GCOL``, version, 3 reserved bytes, its size,
     then its objects). HDF5 walks the objects by their sizes until it reaches the end: an
@@ -146,7 +146,7 @@ class HeapCheckingFile:
             available = os.fstat(self._fd).st_size - address
             problem = None
             if data[4:5] == b"\x01" and header <= size <= available:
-                # HDF5 reads short collections itself and refuses them; a whole one is checked.
+                # HDF5 refuses a collection that does not fit in the file by itself.
                 collection = data[:size] if len(data) >= size else self._pread(size, address)
                 problem = _heap_problem(collection, self.length_size)
             self._checked[address] = problem
@@ -178,26 +178,39 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _vlen_kind(datatype: h5py.h5t.TypeID) -> int | None:
+    """Return the stored kind of a variable-length type (0 sequence, 1 string), if known.
+
+    h5py reports any kind but "string" as a sequence; the stored kind is in the datatype's
+    encoding (``H5Tencode``: a 2-byte prefix, then the datatype message, whose low 4 bits of
+    the first flag byte are the kind).
+    """
+    encoded = datatype.encode()
+    if encoded[:2] != _ENCODING_PREFIX or len(encoded) < 4:
+        return None
+    return int(encoded[3]) & 0x0F
+
+
 def _check_type(datatype: h5py.h5t.TypeID, what: str, path: str) -> bool:
     """Refuse a datatype whose values crash HDF5; tell whether it holds variable-length data.
 
     A variable-length type is a sequence or a string: any other kind (a corrupt file) crashes
     HDF5 when a value is read, so it is refused, inside compound and array types too.
     """
-    encoded = datatype.encode()
-    # H5Tencode: 2 bytes of its own, then the datatype message (class and version, flags).
-    kind, flags = encoded[2] & 0x0F, encoded[3]
-    if kind == _VLEN:
-        if flags & 0x0F not in _VLEN_KINDS:
+    kind = datatype.get_class()
+    variable_string = kind == h5py.h5t.STRING and datatype.is_variable_str()
+    if kind == h5py.h5t.VLEN or variable_string:
+        stored = _vlen_kind(datatype)
+        if stored is not None and stored not in _VLEN_KINDS:
             raise FormatError(
-                f"{what} has a variable-length type of unknown kind {flags & 0x0F}", path=path
+                f"{what} has a variable-length type of unknown kind {stored}", path=path
             )
-        if flags & 0x0F == 0:
+        if kind == h5py.h5t.VLEN:
             _check_type(datatype.get_super(), what, path)
         return True
-    if kind == _ARRAY:
+    if kind == h5py.h5t.ARRAY:
         return _check_type(datatype.get_super(), what, path)
-    if kind == _COMPOUND:
+    if kind == h5py.h5t.COMPOUND:
         members = [
             _check_type(datatype.get_member_type(index), what, path)
             for index in range(datatype.get_nmembers())
@@ -228,6 +241,7 @@ class Hdf5Source:
         self.file = file
         self._heaps: HeapCheckingFile | None = None
         self._guarded: h5py.File | None = None
+        self._checked: dict[str, bool] = {}
 
     @property
     def problem(self) -> FormatError | None:
@@ -260,6 +274,12 @@ class Hdf5Source:
         return {name: self.attribute(node, name) for name in list(node.attrs)}
 
     def check(self, dataset: h5py.Dataset) -> bool:
+        """Check ``dataset`` once (see :meth:`_check`); tell whether its values are variable."""
+        if dataset.name not in self._checked:
+            self._checked[dataset.name] = self._check(dataset)
+        return self._checked[dataset.name]
+
+    def _check(self, dataset: h5py.Dataset) -> bool:
         """Refuse a dataset that cannot be read safely; tell whether its values are variable.
 
         Its type must be sound (a variable-length type of unknown kind crashes HDF5). Beyond
@@ -304,11 +324,11 @@ class Hdf5Source:
         are read and checked here; values of other layouts, and inside compound types, are
         left to HDF5.
         """
-        encoded = datatype.encode()
         offset = dataset.id.get_offset()
-        if encoded[2] & 0x0F != _VLEN or offset is None:
+        kind = datatype.get_class()
+        if offset is None or kind not in (h5py.h5t.VLEN, h5py.h5t.STRING):
             return
-        item = 1 if encoded[3] & 0x0F == 1 else datatype.get_super().get_size()
+        item = 1 if kind == h5py.h5t.STRING else datatype.get_super().get_size()
         address_size = int(self.file.id.get_create_plist().get_sizes()[0])
         stride = 4 + address_size + 4  # length, global heap collection, object index
         size = os.path.getsize(self.path)
@@ -329,7 +349,11 @@ class Hdf5Source:
 
     def values(self, dataset: h5py.Dataset, key: Any = ()) -> Any:
         """Read ``dataset[key]``."""
-        if self.check(dataset):
+        return self.read(dataset, key, variable=self.check(dataset))
+
+    def read(self, dataset: h5py.Dataset, key: Any, *, variable: bool) -> Any:
+        """Read ``dataset[key]`` of a dataset already checked (see :meth:`check`)."""
+        if variable:
             dataset = self._guarded_file()[dataset.name]
         return dataset[key]
 
@@ -421,8 +445,13 @@ class Hdf5Source:
         import dask.array as da
         from dask.base import tokenize
 
-        self.check(dataset)
-        source = H5Array(os.path.abspath(self.path), dataset.name, dataset.shape, dataset.dtype)
+        source = H5Array(
+            os.path.abspath(self.path),
+            dataset.name,
+            dataset.shape,
+            dataset.dtype,
+            self.check(dataset),
+        )
         stat = os.stat(source.path)
         name = "emd-" + tokenize(source.path, source.name, stat.st_mtime_ns, stat.st_size)
         if chunks is None:
@@ -511,6 +540,7 @@ class H5Array:
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
+    variable: bool  # variable-length values, read through a HeapCheckingFile
 
     @property
     def ndim(self) -> int:
@@ -519,4 +549,4 @@ class H5Array:
 
     def __getitem__(self, key: Any) -> npt.NDArray[Any]:
         with open_hdf5(self.path) as source:
-            return np.asarray(source.values(source.file[self.name], key))
+            return np.asarray(source.read(source.file[self.name], key, variable=self.variable))
