@@ -1,0 +1,182 @@
+"""The viewer's page, files and WebSocket, served by the daemon (a subprocess), with a client
+that does what the page does. Expected images are the detectors applied with numpy to what
+rosettasciio reads from the simulator's files."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from live import Daemon, call, daemons, wait_until
+from rsciio.quantumdetector import file_reader as read_mib
+from test_viewer_sums import reference
+from viewer_page import Page
+
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    with daemons(tmp_path) as start:
+        yield start
+
+
+def simulate(folder: Path, *flags: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "stemcast.cli", "simulate", str(folder), *flags]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, text=True)
+
+
+def offline(path: Path, scan: tuple[int, int], detector: dict) -> np.ndarray:
+    """The detector applied to the run's frames as rosettasciio reads them: ``(y, x)``."""
+    data = np.asarray(read_mib(str(path), navigation_shape=scan)[0]["data"])
+    return reference(data.reshape(-1, *data.shape[-2:]), detector).reshape(scan[1], scan[0])
+
+
+def get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with _HTTP.open(url, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, dict(error.headers), error.read()
+
+
+def test_the_page_and_its_files_ship_in_the_package_and_are_only_read(
+    daemon: Callable[..., Daemon],
+) -> None:
+    http = daemon().http
+    status, headers, body = get(http + "/")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert b'id="frames"' in body
+    assert b"/viewer/viewer.js" in body
+    assert b"http" not in body.replace(b"http://www.w3.org/2000/svg", b"")  # nothing fetched
+    status, headers, script = get(http + "/viewer/viewer.js")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/javascript")
+    assert b"window.stemcastViewer" in script
+    assert get(http + "/viewer/viewer.css")[0] == 200
+    assert get(http + "/viewer/other.js")[0] == 404
+    # The same rules as the rest of the API: reading is open, anything else needs the token.
+    assert call("POST", http + "/")[0] == 403
+
+
+def test_a_page_of_another_site_cannot_open_the_socket(daemon: Callable[..., Daemon]) -> None:
+    http = daemon().http
+
+    async def connect() -> None:
+        async with Page(http, origin="http://elsewhere.example"):
+            pass
+
+    with pytest.raises(Exception, match="403"):
+        asyncio.run(connect())
+
+
+def test_a_page_follows_a_run_live_and_changing_the_detector_recomputes_its_image(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    http = daemon().http
+    camera = tmp_path / "camera"
+    scan = (8, 6)
+
+    async def watch() -> None:
+        async with Page(http) as page:
+            await page.wait(lambda page: page.runs is not None)
+            writer = simulate(camera, "--scan", "8x6", "--frame-size", "64", "--fps", "100")
+            await page.wait(lambda page: page.view is not None)
+            await page.wait(lambda page: page.image is not None and page.image["filled"] == 48)
+            assert writer.wait(30) == 0
+            await page.wait(lambda page: page.runs and page.runs[0]["status"] == "complete")
+            [run] = page.runs
+            assert run["id"] == page.view["run"]
+            assert run["frames"] == 48
+            assert run["scan"]["shape"] == list(scan)
+            assert run["scan"]["evidence"] == "timestamps"
+            assert run["name"] == "scan.mib"
+            assert run["frame_shape"] == [64, 64]
+            path = camera / "scan.mib"
+            # The bright-field disk the service found, applied offline.
+            detector = page.detector
+            assert detector["kind"] == "disk"
+            np.testing.assert_array_equal(page.image_values(), offline(path, scan, detector))
+            # Frames: the newest at most ten times a second, each acknowledged as drawn.
+            indices = [frame["index"] for frame in page.frames]
+            assert indices == sorted(set(indices))
+            assert indices[-1] == 47
+            np.testing.assert_array_equal(
+                page.pixels, np.asarray(read_mib(str(path))[0]["data"]).reshape(-1, 64, 64)[47]
+            )
+            for spec in (
+                {"kind": "annulus", "cx": 30.0, "cy": 33.5, "inner": 6.0, "outer": 25.0},
+                {"kind": "com_y"},
+            ):
+                await page.send({"type": "detector", "detector": spec})
+                await page.wait(
+                    lambda page, spec=spec: (
+                        page.image["detector"] == spec and page.image["filled"] == 48
+                    )
+                )
+                np.testing.assert_allclose(page.image_values(), offline(path, scan, spec))
+
+    asyncio.run(watch())
+
+
+def test_bad_messages_are_answered_with_an_error_and_the_page_stays(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    http = daemon().http
+    assert simulate(tmp_path / "camera", "--scan", "4x4", "--frame-size", "32").wait(30) == 0
+
+    async def watch() -> None:
+        async with Page(http) as page:
+            await page.wait(lambda page: page.image is not None and page.image["filled"] == 16)
+            await page.send({"type": "detector", "detector": {"kind": "disk", "cx": 1}})
+            await page.send({"type": "unknown"})
+            await page.send({"type": "view", "run": 3})
+            await page.wait(lambda page: len(page.errors) == 3)
+            for problem in (
+                "parameter 'detector': cy must be a number",
+                "parameter 'type': unknown message type 'unknown'",
+                "parameter 'run': run must be a run id or null",
+            ):
+                assert any(problem in error for error in page.errors), (problem, page.errors)
+            await page.send({"type": "view", "run": "no-such-run"})
+            await page.wait(lambda page: len(page.errors) == 4)
+            assert "run no-such-run cannot be shown" in page.errors[3]
+            await page.send({"type": "view", "run": None})
+            await page.wait(lambda page: page.view is not None and not page.view["pinned"])
+
+    asyncio.run(watch())
+
+
+def test_a_run_that_ended_before_the_service_started_is_shown_from_its_files(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    first = daemon("--idle-timeout", "1")
+    assert simulate(tmp_path / "camera", "--scan", "5x4", "--frame-size", "32").wait(30) == 0
+    [run] = wait_until(
+        lambda: call("GET", first.http + "/runs")[1]["runs"],
+        lambda runs: runs and runs[0]["status"] == "complete",
+    )
+    first.stop()
+    http = daemon().http
+
+    async def watch() -> None:
+        async with Page(http) as page:
+            await page.wait(lambda page: page.runs)
+            await page.send({"type": "view", "run": run["id"]})
+            await page.wait(lambda page: page.image is not None and page.image["filled"] == 20)
+            assert page.view["pinned"]
+            path = tmp_path / "camera" / "scan.mib"
+            np.testing.assert_array_equal(page.image_values(), offline(path, (5, 4), page.detector))
+            assert page.frames[-1]["index"] == 19
+
+    asyncio.run(watch())
