@@ -39,11 +39,14 @@
   const DIVERGING = colourMap([[33, 102, 172], [146, 197, 222], [247, 247, 247],
     [244, 165, 130], [178, 24, 43]]);
 
+  // ?run=ID shows that run (stemcast view --run ID) instead of following the newest.
+  const asked = new URLSearchParams(location.search).get("run");
+
   const state = {
     socket: null,
     runs: [],
-    run: null, // id of the run shown
-    pinned: false,
+    run: asked, // id of the run shown
+    pinned: asked !== null,
     frameShape: null, // [rows, cols]
     detector: null, // as the service shows it
     geometry: { disk: null, annulus: null }, // last disk and annulus drawn
