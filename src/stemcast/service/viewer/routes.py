@@ -87,7 +87,9 @@ async def _socket(request: web.Request) -> web.WebSocketResponse:
     origin = request.headers.get("Origin")
     if origin is not None and urlsplit(origin).netloc != request.host:
         raise web.HTTPForbidden(reason=f"pages from {origin} may not use this viewer")
-    socket = web.WebSocketResponse(heartbeat=20.0, max_msg_size=_MAX_PAGE_MESSAGE)
+    # Uncompressed: frames are mostly counts that deflate would spend the service's
+    # processor on, for a connection that is loopback or a local network.
+    socket = web.WebSocketResponse(heartbeat=20.0, max_msg_size=_MAX_PAGE_MESSAGE, compress=False)
     await socket.prepare(request)
     sockets = request.app[_SOCKETS]
     sockets.add(socket)

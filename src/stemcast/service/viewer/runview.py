@@ -14,17 +14,18 @@ the measures already up to date keep following the run between the steps.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from stemcast.batch import FrameBatch
 from stemcast.errors import StemcastError
-from stemcast.service.live.catalog import SeriesEntry
+from stemcast.service.live.catalog import FrameMeta, SeriesEntry
 from stemcast.service.viewer.detectors import Detector, Measure, Sums, batch_sums, file_sums
 from stemcast.service.viewer.wire import pack
 
@@ -40,20 +41,36 @@ _FILE_STEP_BYTES = 256 * 2**20
 _DISK_FRAMES = 8
 
 
-@dataclass(frozen=True)
 class LatestFrame:
-    """The newest frame of a run, ready to send.
+    """The newest frame of a run; its message is built once, when a page first wants it.
 
-    Attributes
+    Parameters
     ----------
-    index
-        Its index in the run.
-    message
-        The binary ``frame`` message (:func:`~stemcast.service.viewer.wire.pack`).
+    series
+        The run.
+    batch, meta
+        A batch whose first frame is the newest (a view of the batch the follower read, or
+        read back from the files), and the header fields of its frames.
     """
 
-    index: int
-    message: bytes
+    def __init__(self, series: str, batch: FrameBatch, meta: FrameMeta) -> None:
+        self.index = batch.start
+        self._series = series
+        self._pixels = batch.frames[0]
+        stamp = meta[0].get("timestamp_ns")
+        self._timestamp_ms = None if stamp is None else stamp / 1e6
+
+    @functools.cached_property
+    def message(self) -> bytes:
+        """The binary ``frame`` message (:func:`~stemcast.service.viewer.wire.pack`)."""
+        header = {
+            "type": "frame",
+            "run": self._series,
+            "index": self.index,
+            "timestamp_ms": self._timestamp_ms,
+            "shape": list(self._pixels.shape),
+        }
+        return pack(header, {"pixels": self._pixels})
 
 
 class Accumulator:
@@ -198,7 +215,11 @@ class RunView:
         target = self.entry.frames
         worked = False
         if target and (self.latest is None or self.latest.index < target - 1):
-            self.latest = await self._in_thread(self._latest, target - 1)
+            # Kept, not sent: the pages take the newest when their time comes.
+            newest = self.entry.recent_frames(target - 1, target)
+            if newest is None:
+                newest = await self._in_thread(self.entry.read, target - 1, target)
+            self.latest = LatestFrame(self.series, *newest)
             worked = True
         if self.bright_field is None and (target >= _DISK_FRAMES or (target and self.entry.ended)):
             self.bright_field = await self._in_thread(self._find_disk, min(target, _DISK_FRAMES))
@@ -222,20 +243,6 @@ class RunView:
 
     async def _in_thread(self, function: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-
-    def _latest(self, index: int) -> LatestFrame:
-        """Build the message of frame ``index`` (in the viewer's thread)."""
-        recent = self.entry.recent_frames(index, index + 1)
-        batch, meta = recent if recent is not None else self.entry.read(index, index + 1)
-        stamp = meta[0].get("timestamp_ns")
-        header = {
-            "type": "frame",
-            "run": self.series,
-            "index": index,
-            "timestamp_ms": None if stamp is None else stamp / 1e6,
-            "shape": list(self.frame_shape),
-        }
-        return LatestFrame(index, pack(header, {"pixels": batch.frames[0]}))
 
     def _find_disk(self, count: int) -> Detector:
         """Find the bright-field disk in the first frames (in the viewer's thread)."""

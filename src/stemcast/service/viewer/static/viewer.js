@@ -256,14 +256,21 @@
     const log = state.scale === "log";
     const top = log ? Math.log1p(Math.max(high - low, 0)) : high - low;
     const scale = top > 0 ? 255 / top : 0;
-    const out = picture.data;
-    for (let i = 0, j = 0; i < pixels.length; i++, j += 4) {
-      const shifted = pixels[i] - low;
-      const level = Math.min(255, Math.max(0, Math.round((log ? Math.log1p(Math.max(shifted, 0)) : shifted) * scale))) * 3;
-      out[j] = INFERNO[level];
-      out[j + 1] = INFERNO[level + 1];
-      out[j + 2] = INFERNO[level + 2];
-      out[j + 3] = 255;
+    // One packed RGBA colour per possible value (counts are integers in a small range),
+    // then one look-up per pixel.
+    const colour = (value) => {
+      const shifted = Math.max(value - low, 0);
+      const level = Math.min(255, Math.round((log ? Math.log1p(shifted) : shifted) * scale)) * 3;
+      return (255 << 24 | INFERNO[level + 2] << 16 | INFERNO[level + 1] << 8 | INFERNO[level]) >>> 0;
+    };
+    const out = new Uint32Array(picture.data.buffer);
+    const integers = !(pixels instanceof Float32Array || pixels instanceof Float64Array);
+    if (integers && high - low < 1 << 20) {
+      const table = new Uint32Array(high - low + 1);
+      for (let value = low; value <= high; value++) table[value - low] = colour(value);
+      for (let i = 0; i < pixels.length; i++) out[i] = table[pixels[i] - low];
+    } else {
+      for (let i = 0; i < pixels.length; i++) out[i] = colour(pixels[i]);
     }
     context.putImageData(picture, 0, 0);
     byId("frame-high").textContent = formatValue(high);
