@@ -13,6 +13,8 @@ What a page may say (JSON text messages):
 * ``{"type": "detector", "detector": {...}}`` sets the virtual detector
   (:meth:`~stemcast.service.viewer.detectors.Detector.parse`).
 * ``{"type": "drawn", "frame": N}`` says frame ``N`` is on the screen.
+* ``{"type": "visible", "visible": false}`` says the page is hidden: it is sent no frames
+  until it says it is visible again (its virtual image keeps filling).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Page:
         self.series: str | None = None
         self.view: RunView | None = None
         self.detector: Detector | None = None
+        self.visible = True
         self._asked: Any = None
         self._detector_asked = False
         self._runs_version = -1
@@ -102,6 +105,8 @@ class Page:
                 self.pinned = run
             elif kind == "detector":
                 self._asked, self._detector_asked = command.get("detector"), True
+            elif kind == "visible":
+                self.visible = command.get("visible") is not False
             elif kind == "drawn":
                 if command.get("frame") == self._frame_sent:
                     self._frame_drawn = True
@@ -182,7 +187,7 @@ class Page:
 
     async def _send_frame(self, view: RunView, now: float) -> None:
         latest = view.latest
-        if latest is None or latest.index == self._frame_sent:
+        if latest is None or latest.index == self._frame_sent or not self.visible:
             return
         if not self._frame_drawn and now - self._frame_sent_at < _DRAWN_TIMEOUT_S:
             return

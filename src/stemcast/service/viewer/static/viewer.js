@@ -68,6 +68,7 @@
     state.socket = socket;
     socket.onopen = () => {
       setConnection("connected");
+      if (document.hidden) send({ type: "visible", visible: false });
       if (state.pinned && state.run) send({ type: "view", run: state.run });
       if (state.detector) send({ type: "detector", detector: state.detector });
     };
@@ -142,6 +143,11 @@
     showRuns();
   }
 
+  function setText(id, text) {
+    const target = byId(id);
+    if (target.textContent !== text) target.textContent = text;
+  }
+
   function element(tag, className, text) {
     const made = document.createElement(tag);
     if (className) made.className = className;
@@ -213,19 +219,50 @@
 
   // --- Frame -----------------------------------------------------------------------------
 
+  // Drawing waits for the browser's next paint: a frame and an image that arrive together
+  // are painted once, and nothing is drawn while the page is hidden.
+  const dirty = { frame: false, image: false, scheduled: false };
+
+  function scheduleDraw(what) {
+    dirty[what] = true;
+    if (!dirty.scheduled && !document.hidden) {
+      dirty.scheduled = true;
+      requestAnimationFrame(drawDirty);
+    }
+  }
+
+  function drawDirty() {
+    dirty.scheduled = false;
+    if (dirty.frame && state.frame) {
+      dirty.frame = false;
+      drawFrame();
+      frameDrawn();
+    }
+    if (dirty.image) {
+      dirty.image = false;
+      drawImage();
+    }
+  }
+
   function onFrame(header, pixels) {
-    const receivedMs = Date.now();
-    state.frame = { index: header.index, timestampMs: header.timestamp_ms, shape: header.shape, pixels };
-    drawFrame();
-    const drawnMs = Date.now();
-    state.frame.receivedMs = receivedMs;
-    state.frame.drawnMs = drawnMs;
+    state.frame = {
+      run: header.run, index: header.index, timestampMs: header.timestamp_ms, shape: header.shape,
+      pixels, receivedMs: Date.now(),
+    };
+    scheduleDraw("frame");
+  }
+
+  // The next frame is sent once this one is on the screen.
+  function frameDrawn() {
+    const frame = state.frame;
+    frame.drawnMs = Date.now();
     state.frameLog.push({
-      run: header.run, index: header.index, timestampMs: header.timestamp_ms, receivedMs, drawnMs,
+      run: frame.run, index: frame.index, timestampMs: frame.timestampMs,
+      receivedMs: frame.receivedMs, drawnMs: frame.drawnMs,
     });
     if (state.frameLog.length > 10000) state.frameLog.splice(0, 5000);
-    byId("frame-index").textContent = "#" + header.index;
-    send({ type: "drawn", frame: header.index });
+    setText("frame-index", "#" + frame.index);
+    send({ type: "drawn", frame: frame.index });
   }
 
   function range(values) {
@@ -273,8 +310,8 @@
       for (let i = 0; i < pixels.length; i++) out[i] = colour(pixels[i]);
     }
     context.putImageData(picture, 0, 0);
-    byId("frame-high").textContent = formatValue(high);
-    byId("frame-low").textContent = formatValue(low) + (log ? " (log)" : "");
+    setText("frame-high", formatValue(high));
+    setText("frame-low", formatValue(low) + (log ? " (log)" : ""));
   }
 
   function drawBar(id, table) {
@@ -317,8 +354,8 @@
       if (place >= 0 && place < image.data.length) image.data[place] = values[i];
     }
     image.filled = header.filled;
-    byId("frames").textContent = String(image.filled);
-    drawImage();
+    setText("frames", String(image.filled));
+    scheduleDraw("image");
   }
 
   function imageSize(image) {
@@ -350,7 +387,10 @@
       high = largest;
     }
     const table = centred ? DIVERGING : VIRIDIS;
-    drawBar("image-bar", table);
+    if (state.imageTable !== table) {
+      state.imageTable = table;
+      drawBar("image-bar", table);
+    }
     const scale = high > low ? 255 / (high - low) : 0;
     const context = canvas.getContext("2d");
     const picture = context.createImageData(width, height);
@@ -368,8 +408,8 @@
       out[j + 3] = 255;
     }
     context.putImageData(picture, 0, 0);
-    byId("image-high").textContent = formatValue(high);
-    byId("image-low").textContent = formatValue(low);
+    setText("image-high", formatValue(high));
+    setText("image-low", formatValue(low));
   }
 
   // --- Detector --------------------------------------------------------------------------
@@ -586,13 +626,21 @@
   for (const input of document.querySelectorAll("input[name=scale]")) {
     input.addEventListener("change", () => {
       state.scale = input.value;
-      drawFrame();
+      scheduleDraw("frame");
     });
   }
   for (const input of document.querySelectorAll("input[name=detector]")) {
     input.addEventListener("change", () => chooseKind(input.value));
   }
   byId("follow").addEventListener("click", () => send({ type: "view", run: null }));
+  // A hidden page is sent no frames (it would not draw them); its image keeps filling.
+  document.addEventListener("visibilitychange", () => {
+    send({ type: "visible", visible: !document.hidden });
+    if (!document.hidden && (dirty.frame || dirty.image) && !dirty.scheduled) {
+      dirty.scheduled = true;
+      requestAnimationFrame(drawDirty);
+    }
+  });
   const overlay = byId("overlay");
   overlay.addEventListener("pointerdown", startDrag);
   overlay.addEventListener("pointermove", drag);
@@ -601,6 +649,5 @@
   overlay.addEventListener("pointerleave", () => { byId("frame-cursor").textContent = "\u00a0"; });
   byId("image").addEventListener("pointermove", showImageCursor);
   drawBar("frame-bar", INFERNO);
-  drawBar("image-bar", VIRIDIS);
   connect();
 })();
