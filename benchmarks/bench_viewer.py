@@ -1,0 +1,286 @@
+"""Does the live viewer slow the data channel? Throughput with 0 and with 10 open pages.
+
+As in ``bench_live.py``: the camera simulator (``stemcast simulate``) writes 12-bit
+256 x 256 Merlin runs as fast as it can (a pool of patterns), the service (``stemcast
+serve``, a subprocess) follows them, and this script receives every frame on the data
+channel with :class:`stemcast.client.Subscriber`, checking that each arrives, in order,
+once; the figure is frames/s from the first to the last frame received. Each round runs
+the same acquisition with no page open and then with ``--pages`` pages of each kind open,
+all following the newest run (the latest frame, the bright-field image, the runs list):
+
+* ``sockets``: WebSocket clients in a separate process that do what the page does, without
+  drawing (decode each message, say each frame is drawn at once): the service's side of
+  the viewer at full load, 10 frames and 10 image updates a second per page;
+* ``chromium``: real pages in a headless Chromium (the system's ``chromium`` and
+  ``chromium-driver``, driven through selenium), each in its own window, the browser run at
+  ``--browser-nice`` (a browser drawing ten pages is a heavy process of its own: on a small
+  acquisition machine it competes for the processor with everything else; at a lower
+  priority it takes what the acquisition leaves, as a browser on the person's own computer
+  costs the acquisition machine nothing).
+
+The medians over the rounds are compared with the median without pages.
+
+Usage::
+
+    python benchmarks/bench_viewer.py [--frames 4000] [--rounds 3] [--pages 10]
+                                      [--kinds sockets,chromium] [--browser-nice 19]
+                                      [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from machine import describe_machine
+from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "service"))
+from browser import FLAGS, executables
+from viewer_page import Page
+
+FRAME_BYTES = 256 * 256 * 2
+_READY = re.compile(r"data (?P<data>tcp://\S+), preview \S+, http (?P<http>http://\S+)")
+
+
+def start_service(directory: Path, registry: Path) -> tuple[subprocess.Popen[str], str, str]:
+    command = [
+        sys.executable, "-m", "stemcast.cli", "serve", "--quiet", "--watch", str(directory),
+        "--data-endpoint", "tcp://127.0.0.1:0", "--preview-endpoint", "tcp://127.0.0.1:0",
+        "--http", "127.0.0.1:0", "--registry", str(registry),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    match = _READY.search(process.stdout.readline())
+    assert match is not None, "the service did not start"
+    return process, match["data"], match["http"]
+
+
+def simulate(directory: Path, name: str, frames: int) -> subprocess.Popen[str]:
+    width = 100
+    command = [
+        sys.executable, "-m", "stemcast.cli", "simulate", str(directory), "--name", name,
+        "--scan", f"{width}x{frames // width}", "--frame-size", "256", "--depth", "12",
+        "--fps", "0", "--pattern-pool", "4", "--flyback", "0",
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, text=True)
+
+
+def receive(subscriber: Subscriber, frames: int) -> float:
+    """Receive one series, checking order and count; return its frames/s."""
+    arrivals: list[float] = []
+    for event in subscriber:
+        now = time.perf_counter()
+        if isinstance(event, SeriesStart):
+            arrivals = []
+        elif isinstance(event, Frame):
+            assert event.index == len(arrivals), (event.index, len(arrivals))
+            assert event.data.nbytes == FRAME_BYTES
+            arrivals.append(now)
+        elif isinstance(event, SeriesEnd):
+            assert event.header["frames"] == len(arrivals) == frames, event.header
+            return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    raise AssertionError("unreachable: the subscriber iterates until it times out")
+
+
+def wait(condition: Any, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+class Pages:
+    """Viewer pages of one kind, open while a run is acquired."""
+
+    def shown(self) -> list[tuple[int, int]]:
+        """Per page: the frames its virtual image holds, and the frames it drew."""
+        raise NotImplementedError
+
+
+class BrowserPages(Pages):
+    """Pages in a headless Chromium, each in its own window."""
+
+    def __init__(self, driver: Any, http: str, count: int) -> None:
+        self.driver = driver
+        driver.get(http + "/")
+        for _ in range(count - 1):
+            driver.switch_to.new_window("window")
+            driver.get(http + "/")
+        for handle in driver.window_handles:
+            driver.switch_to.window(handle)
+            wait(lambda: driver.find_element("id", "connection").text == "connected")
+
+    def shown(self) -> list[tuple[int, int]]:
+        found = []
+        for handle in self.driver.window_handles:
+            self.driver.switch_to.window(handle)
+            frames = int(self.driver.find_element("id", "frames").text)
+            run = self.driver.execute_script("return window.stemcastViewer.run().id")
+            log = self.driver.execute_script("return window.stemcastViewer.frameLog()")
+            found.append((frames, sum(entry["run"] == run for entry in log)))
+        return found
+
+
+@contextlib.contextmanager
+def browser_pages(http: str, count: int, nice: int) -> Iterator[Pages]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    found = executables()
+    assert found is not None, "install chromium and chromium-driver"
+    browser, driver_path = found
+    with tempfile.TemporaryDirectory(prefix="bench-viewer-chromium-") as folder:
+        if nice:
+            # The browser's processes inherit the priority of the script that starts it.
+            wrapper = Path(folder) / "nice-chromium"
+            wrapper.write_text(f'#!/bin/sh\nexec nice -n {nice} {browser} "$@"\n')
+            wrapper.chmod(0o755)
+            browser = str(wrapper)
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for flag in [*FLAGS, f"--user-data-dir={folder}/profile"]:
+            options.add_argument(flag)
+        driver = webdriver.Chrome(options=options, service=Service(driver_path))
+        try:
+            yield BrowserPages(driver, http, count)
+        finally:
+            driver.quit()
+
+
+class SocketPages(Pages):
+    """WebSocket clients that act as pages, in a process of their own (see :func:`clients`)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+
+    def shown(self) -> list[tuple[int, int]]:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write("shown\n")
+        self.process.stdin.flush()
+        return [tuple(page) for page in json.loads(self.process.stdout.readline())]
+
+
+@contextlib.contextmanager
+def socket_pages(http: str, count: int) -> Iterator[Pages]:
+    command = [sys.executable, __file__, "--clients", http, "--pages", str(count)]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        yield SocketPages(process)
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(30)
+
+
+async def clients(http: str, count: int) -> None:
+    """Run ``count`` page clients until stdin closes; answer ``shown`` with their counts."""
+    async with contextlib.AsyncExitStack() as stack:
+        pages = [await stack.enter_async_context(Page(http)) for _ in range(count)]
+        for page in pages:
+            await page.wait(lambda page: page.runs is not None)
+        print("ready", flush=True)
+        loop = asyncio.get_running_loop()
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            if line.strip() == "shown":
+                counts = []
+                for page in pages:
+                    run = page.view["run"] if page.view else None
+                    drawn = sum(frame["run"] == run for frame in page.frames)
+                    counts.append((page.image["filled"] if page.image else 0, drawn))
+                print(json.dumps(counts), flush=True)
+
+
+def one_run(endpoint: str, folder: Path, name: str, frames: int) -> float:
+    with Subscriber(endpoint, start="live", timeout_s=120) as subscriber:
+        time.sleep(0.2)  # subscribed before the run starts: the next series is its
+        writer = simulate(folder, name, frames)
+        fps = receive(subscriber, frames)
+        assert writer.wait(120) == 0
+    return fps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pages", type=int, default=10)
+    parser.add_argument("--kinds", default="sockets,chromium")
+    parser.add_argument("--browser-nice", type=int, default=19)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--clients", metavar="HTTP", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.clients:
+        asyncio.run(clients(args.clients, args.pages))
+        return
+    kinds = args.kinds.split(",")
+    describe_machine(["numpy", "zmq", "aiohttp", "selenium"])
+    if "chromium" in kinds:
+        found = executables()
+        assert found is not None, "install chromium and chromium-driver"
+        version = subprocess.run([found[0], "--version"], capture_output=True, text=True).stdout
+        print(f"browser: {version.strip()}, run at nice {args.browser_nice}")
+    rates: dict[str, list[float]] = {"none": [], **{kind: [] for kind in kinds}}
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-viewer-") as scratch:
+        folder = Path(scratch) / "camera"
+        folder.mkdir()
+        service, endpoint, http = start_service(folder, Path(scratch) / "registry.sqlite3")
+        try:
+            run = 0
+            for number in range(1, args.rounds + 1):
+                for kind in rates:
+                    run += 1
+                    name = f"run{run}"
+                    if kind == "none":
+                        fps, note = one_run(endpoint, folder, name, args.frames), ""
+                    else:
+                        opened = (
+                            socket_pages(http, args.pages)
+                            if kind == "sockets"
+                            else browser_pages(http, args.pages, args.browser_nice)
+                        )
+                        with opened as pages:
+                            fps = one_run(endpoint, folder, name, args.frames)
+                            ended = time.monotonic()
+                            wait(lambda pages=pages: all(
+                                filled == args.frames for filled, _ in pages.shown()
+                            ))  # fmt: skip
+                            after = time.monotonic() - ended
+                            drawn = [count for _, count in pages.shown()]
+                        note = (
+                            f"; every page's image complete {after:.2f} s after the last frame "
+                            f"received, frames drawn per page {min(drawn)}-{max(drawn)}"
+                        )
+                    rates[kind].append(fps)
+                    print(f"round {number}, {kind:8}: {fps:6.0f} frames/s{note}", flush=True)
+                    (folder / f"{name}.mib").unlink()
+        finally:
+            service.terminate()
+            service.wait(30)
+    none = statistics.median(rates["none"])
+    print(f"median without pages: {none:.0f} frames/s")
+    for kind in kinds:
+        median = statistics.median(rates[kind])
+        verdict = "within" if median >= 0.95 * none else "NOT within"
+        print(
+            f"median with {args.pages} {kind} pages: {median:.0f} frames/s, "
+            f"ratio {median / none:.3f} ({verdict} 5%)"
+        )
+
+
+if __name__ == "__main__":
+    main()
