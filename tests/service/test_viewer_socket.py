@@ -180,3 +180,39 @@ def test_a_run_that_ended_before_the_service_started_is_shown_from_its_files(
             assert page.frames[-1]["index"] == 19
 
     asyncio.run(watch())
+
+
+def test_pages_follow_each_new_run_unless_they_keep_one_and_see_its_conversion(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    http = daemon("--output", str(tmp_path / "converted"), "--convert", "emd").http
+    camera = tmp_path / "camera"
+
+    async def watch() -> None:
+        async with Page(http) as following, Page(http) as keeping:
+            flags = ("--scan", "4x3", "--frame-size", "32")
+            assert simulate(camera, *flags, "--name", "first").wait(30) == 0
+            await following.wait(lambda page: page.image is not None and page.image["filled"] == 12)
+            first = following.view["run"]
+            await keeping.send({"type": "view", "run": first})
+            await keeping.wait(lambda page: page.view is not None and page.view["pinned"])
+            assert simulate(camera, *flags, "--name", "second").wait(30) == 0
+            await following.wait(lambda page: page.view["run"] != first)
+            await following.wait(lambda page: page.image is not None and page.image["filled"] == 12)
+            assert not following.view["pinned"]
+            assert keeping.view["run"] == first
+
+            def converted(page: Page) -> bool:
+                return all(run["jobs"] and run["jobs"][0]["status"] == "done" for run in page.runs)
+
+            await keeping.wait(converted, timeout_s=60)
+            second, listed_first = keeping.runs
+            assert (listed_first["id"], listed_first["name"]) == (first, "first.mib")
+            assert second["name"] == "second.mib"
+            [job] = listed_first["jobs"]
+            assert job["targets"] == ["emd"]
+            assert job["progress"]["fraction"] == 1.0
+            assert Path(job["outputs"]["emd"]).name == "first.emd"
+            assert Path(job["outputs"]["emd"]).exists()
+
+    asyncio.run(watch())

@@ -112,7 +112,9 @@ class Page:
         if kind == "runs":
             self.runs = message["runs"]
         elif kind == "view":
-            self.view, self.image, self.frames = message, None, []
+            if self.view is None or message["run"] != self.view["run"]:
+                self.image, self.frames = None, []
+            self.view = message
         elif kind == "detector":
             self.detector = message["detector"]
         elif kind == "error":

@@ -76,6 +76,7 @@ class Page:
         self._image_sent = 0
         self._error_sent: str | None = None
         self._told: Detector | None = None
+        self._told_pinned = False
 
     async def serve(self) -> None:
         """Take the page's messages and send it updates until it closes."""
@@ -138,6 +139,8 @@ class Page:
             return
         if series != self.series:
             await self._show(series)
+        elif self.view is not None and (self.pinned is not None) != self._told_pinned:
+            await self._tell_view(self.view)
         view = self.view
         if view is None:
             return
@@ -174,12 +177,17 @@ class Page:
                 self.detector = Detector.parse(self._asked, view.frame_shape)
             except ParameterError:
                 self.detector = None
+        await self._tell_view(view)
+
+    async def _tell_view(self, view: RunView) -> None:
+        """Say which run the page is shown, and whether it keeps it."""
+        self._told_pinned = self.pinned is not None
         await self.socket.send_str(
             json.dumps(
                 {
                     "type": "view",
-                    "run": series,
-                    "pinned": self.pinned is not None,
+                    "run": view.series,
+                    "pinned": self._told_pinned,
                     "frame_shape": list(view.frame_shape),
                 }
             )

@@ -133,8 +133,12 @@
   // --- Runs ------------------------------------------------------------------------------
 
   function onView(message) {
-    state.run = message.run;
     state.pinned = message.pinned;
+    if (message.run === state.run && state.frameShape) {
+      showRuns(); // the same run, kept or no longer kept
+      return;
+    }
+    state.run = message.run;
     state.frameShape = message.frame_shape;
     state.frame = null;
     state.image = null;
