@@ -18,7 +18,9 @@ all following the newest run (the latest frame, the bright-field image, the runs
   priority it takes what the acquisition leaves, as a browser on the person's own computer
   costs the acquisition machine nothing).
 
-The medians over the rounds are compared with the median without pages.
+The medians over the rounds are compared with the median without pages. Each run also
+reports the processor time the service used per 1000 frames (``/proc``; Linux), a figure that
+other work on the machine disturbs less than the throughput.
 
 Usage::
 
@@ -33,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -205,13 +208,24 @@ async def clients(http: str, count: int) -> None:
                 print(json.dumps(counts), flush=True)
 
 
-def one_run(endpoint: str, folder: Path, name: str, frames: int) -> float:
+def processor_s(pid: int) -> float:
+    """Processor time (user and system, every thread) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_run(
+    endpoint: str, folder: Path, name: str, frames: int, service: int
+) -> tuple[float, float]:
+    """Acquire one run; return the frames/s received and the service's processor s/1000 frames."""
     with Subscriber(endpoint, start="live", timeout_s=120) as subscriber:
         time.sleep(0.2)  # subscribed before the run starts: the next series is its
+        used = processor_s(service)
         writer = simulate(folder, name, frames)
         fps = receive(subscriber, frames)
+        used = processor_s(service) - used
         assert writer.wait(120) == 0
-    return fps
+    return fps, used / frames * 1000
 
 
 def main() -> None:
@@ -235,6 +249,7 @@ def main() -> None:
         version = subprocess.run([found[0], "--version"], capture_output=True, text=True).stdout
         print(f"browser: {version.strip()}, run at nice {args.browser_nice}")
     rates: dict[str, list[float]] = {"none": [], **{kind: [] for kind in kinds}}
+    costs: dict[str, list[float]] = {kind: [] for kind in rates}
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-viewer-") as scratch:
         folder = Path(scratch) / "camera"
         folder.mkdir()
@@ -246,7 +261,8 @@ def main() -> None:
                     run += 1
                     name = f"run{run}"
                     if kind == "none":
-                        fps, note = one_run(endpoint, folder, name, args.frames), ""
+                        fps, cost = one_run(endpoint, folder, name, args.frames, service.pid)
+                        note = ""
                     else:
                         opened = (
                             socket_pages(http, args.pages)
@@ -254,7 +270,7 @@ def main() -> None:
                             else browser_pages(http, args.pages, args.browser_nice)
                         )
                         with opened as pages:
-                            fps = one_run(endpoint, folder, name, args.frames)
+                            fps, cost = one_run(endpoint, folder, name, args.frames, service.pid)
                             ended = time.monotonic()
                             wait(lambda pages=pages: all(
                                 filled == args.frames for filled, _ in pages.shown()
@@ -266,19 +282,28 @@ def main() -> None:
                             f"received, frames drawn per page {min(drawn)}-{max(drawn)}"
                         )
                     rates[kind].append(fps)
-                    print(f"round {number}, {kind:8}: {fps:6.0f} frames/s{note}", flush=True)
+                    costs[kind].append(cost)
+                    print(
+                        f"round {number}, {kind:8}: {fps:6.0f} frames/s, service "
+                        f"{cost:.3f} processor s/1000 frames{note}",
+                        flush=True,
+                    )
                     (folder / f"{name}.mib").unlink()
         finally:
             service.terminate()
             service.wait(30)
     none = statistics.median(rates["none"])
-    print(f"median without pages: {none:.0f} frames/s")
+    print(
+        f"median without pages: {none:.0f} frames/s, service "
+        f"{statistics.median(costs['none']):.3f} processor s/1000 frames"
+    )
     for kind in kinds:
         median = statistics.median(rates[kind])
         verdict = "within" if median >= 0.95 * none else "NOT within"
         print(
             f"median with {args.pages} {kind} pages: {median:.0f} frames/s, "
-            f"ratio {median / none:.3f} ({verdict} 5%)"
+            f"ratio {median / none:.3f} ({verdict} 5%), service "
+            f"{statistics.median(costs[kind]):.3f} processor s/1000 frames"
         )
 
 

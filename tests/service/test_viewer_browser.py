@@ -75,7 +75,7 @@ def not_blank(png: bytes, most: float) -> None:
 def test_a_browser_shows_a_live_run_its_frames_and_its_virtual_images(
     daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    http = daemon().http
+    http = daemon("--output", str(tmp_path / "converted"), "--convert", "emd").http
     camera = tmp_path / "camera"
     with chromium() as driver:
         driver.get(http + "/")
@@ -116,6 +116,15 @@ def test_a_browser_shows_a_live_run_its_frames_and_its_virtual_images(
         ):
             driver.execute_script("window.stemcastViewer.setDetector(arguments[0])", detector)
             np.testing.assert_array_equal(complete_image(driver, detector), offline(detector))
+
+        # The runs list: the run, its scan and its conversion, done, with its output.
+        listed = wait_until(
+            lambda: text(driver, "runs"), lambda listed: "emd: done 100%" in listed, 60
+        )
+        assert "scan.mib" in listed
+        assert "256 / 256 frames" in listed
+        assert "scan 16 \N{MULTIPLICATION SIGN} 16 from timestamps" in listed
+        assert "scan.emd" in listed
 
         shot = tmp_path / "viewer.png"
         assert driver.save_screenshot(str(shot))
