@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from live import Daemon, call, daemons, wait_until
 from rsciio.quantumdetector import file_reader as read_mib
+from rsciio.tvips import file_reader as read_tvips
 from test_viewer_sums import reference
 from viewer_page import Page
 
@@ -214,5 +215,37 @@ def test_pages_follow_each_new_run_unless_they_keep_one_and_see_its_conversion(
             assert job["progress"]["fraction"] == 1.0
             assert Path(job["outputs"]["emd"]).name == "first.emd"
             assert Path(job["outputs"]["emd"]).exists()
+
+    asyncio.run(watch())
+
+
+def test_a_tvips_scan_found_from_its_rotator_index_places_each_frame_at_its_position(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    http = daemon().http
+    camera = tmp_path / "camera"
+
+    async def watch() -> None:
+        async with Page(http) as page:
+            writer = simulate(
+                camera, "--format", "tvips", "--scan", "6x4", "--frame-size", "32",
+                "--depth", "16", "--frames-before-scan", "3", "--frames-after-scan", "2",
+                "--fps", "100",
+            )  # fmt: skip
+            assert writer.wait(30) == 0
+            await page.wait(lambda page: page.runs and page.runs[0]["status"] == "complete")
+            await page.wait(
+                lambda page: (
+                    page.image is not None
+                    and page.image["width"] == 6
+                    and page.image["filled"] == page.runs[0]["frames"]
+                )
+            )
+            assert page.runs[0]["scan"]["evidence"] == "rotator"
+            # The simulator's scan: 3 frames before it (rotator index 0), 24 scan positions
+            # in order (index 1 to 24), then frames after it.
+            data = np.asarray(read_tvips(str(camera / "scan_000.tvips"))[0]["data"])
+            expected = reference(data[3:27], page.detector).reshape(4, 6)
+            np.testing.assert_array_equal(page.image_values(), expected)
 
     asyncio.run(watch())

@@ -215,9 +215,8 @@ class Page:
             return
         values = detector.values(accumulator.sums, start, filled, view.frame_shape)
         arrays: dict[str, npt.NDArray[Any]] = {"values": values}
-        positions = view.positions(start, filled)
-        if positions is not None:
-            arrays["positions"] = positions
+        if not view.in_order:
+            arrays["positions"] = await asyncio.to_thread(view.positions, start, filled)
         header = {
             "type": "image",
             "run": view.series,

@@ -176,17 +176,20 @@ class RunView:
             return int(shape[0]), int(shape[1])
         return None
 
-    def positions(self, start: int, stop: int) -> npt.NDArray[np.int32] | None:
+    @property
+    def in_order(self) -> bool:
+        """Whether frame ``i`` lies at scan position ``i`` (all but a TVIPS rotator scan)."""
+        fields = self.entry.end if self.entry.end is not None else self.entry.header
+        return self.scan() is None or fields.get("nav_evidence") != "rotator"
+
+    def positions(self, start: int, stop: int) -> npt.NDArray[np.int32]:
         """Scan positions (``y * width + x``, -1 for none) of frames ``start:stop``.
 
-        ``None`` when the frames fill the scan in order (frame ``i`` at position ``i``);
-        only a scan found from a TVIPS rotator index places them otherwise.
+        For a scan whose frames are not :attr:`in_order`; one call per frame (blocks a
+        while for many frames).
         """
-        fields = self.entry.end if self.entry.end is not None else self.entry.header
         scan = self.scan()
-        if scan is None or fields.get("nav_evidence") != "rotator":
-            return None
-        width = scan[0]
+        width = 0 if scan is None else scan[0]
         places = [self.entry.position(frame) for frame in range(start, stop)]
         return np.array(
             [-1 if place is None else place[1] * width + place[0] for place in places],
