@@ -78,6 +78,8 @@ def test_a_browser_shows_a_live_run_its_frames_and_its_virtual_images(
     http = daemon("--output", str(tmp_path / "converted"), "--convert", "emd").http
     camera = tmp_path / "camera"
     with chromium() as driver:
+        from selenium.webdriver.common.action_chains import ActionChains
+
         driver.get(http + "/")
         wait_until(lambda: text(driver, "connection"), lambda status: status == "connected")
         simulator = subprocess.Popen(
@@ -116,6 +118,48 @@ def test_a_browser_shows_a_live_run_its_frames_and_its_virtual_images(
         ):
             driver.execute_script("window.stemcastViewer.setDetector(arguments[0])", detector)
             np.testing.assert_array_equal(complete_image(driver, detector), offline(detector))
+
+        # As a person does it: drag the disk by its middle, drag its edge, pick the maps.
+        overlay = driver.find_element("id", "overlay")
+        scale = 256 / overlay.rect["width"]  # frame pixels per pixel of the page
+        ActionChains(driver).move_to_element(overlay).click_and_hold().move_by_offset(
+            30, 0
+        ).move_by_offset(30, -20).release().perform()
+        dragged = wait_until(
+            lambda: driver.execute_script("return window.stemcastViewer.detector()"),
+            lambda shown: shown["cx"] > 128,
+        )
+        assert dragged["r"] == 21.0
+        assert abs(dragged["cx"] - (128 + 60 * scale)) <= 2 * scale
+        assert abs(dragged["cy"] - (127 - 20 * scale)) <= 2 * scale
+        np.testing.assert_array_equal(complete_image(driver, dragged), offline(dragged))
+        # The disk's right edge, from the middle of the overlay, in pixels of the page.
+        right = (dragged["cx"] + 0.5 + dragged["r"]) / scale - overlay.rect["width"] / 2
+        down = (dragged["cy"] + 0.5) / scale - overlay.rect["height"] / 2
+        ActionChains(driver).move_to_element_with_offset(
+            overlay, round(right), round(down)
+        ).click_and_hold().move_by_offset(round(15 / scale), 0).release().perform()
+        resized = wait_until(
+            lambda: driver.execute_script("return window.stemcastViewer.detector()"),
+            lambda shown: shown["r"] > dragged["r"] + 5,
+        )
+        assert (resized["cx"], resized["cy"]) == (dragged["cx"], dragged["cy"])
+        np.testing.assert_array_equal(complete_image(driver, resized), offline(resized))
+        driver.find_element("css selector", "input[value=com_x]").click()
+        np.testing.assert_allclose(
+            complete_image(driver, {"kind": "com_x"}), offline({"kind": "com_x"})
+        )
+        driver.find_element("css selector", "input[value=annulus]").click()
+        annulus = wait_until(
+            lambda: driver.execute_script("return window.stemcastViewer.detector()"),
+            lambda shown: shown["kind"] == "annulus",
+        )
+        np.testing.assert_array_equal(complete_image(driver, annulus), offline(annulus))
+        driver.find_element("css selector", "input[value=disk]").click()
+        assert complete_image(driver, resized) is not None  # the disk drawn last is back
+        # Back to the bright-field disk the service found, for the screenshot.
+        driver.execute_script("window.stemcastViewer.setDetector(arguments[0])", found)
+        complete_image(driver, found)
 
         # The runs list: the run, its scan and its conversion, done, with its output.
         listed = wait_until(

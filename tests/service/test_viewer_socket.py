@@ -252,3 +252,26 @@ def test_a_tvips_scan_found_from_its_rotator_index_places_each_frame_at_its_posi
             np.testing.assert_array_equal(page.image_values(), expected)
 
     asyncio.run(watch())
+
+
+def test_a_detector_changed_mid_run_is_computed_from_the_files_and_keeps_following(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    http = daemon().http
+    camera = tmp_path / "camera"
+    annulus = {"kind": "annulus", "cx": 31.0, "cy": 32.0, "inner": 5.0, "outer": 20.0}
+
+    async def watch() -> None:
+        async with Page(http) as page:
+            writer = simulate(camera, "--scan", "10x10", "--frame-size", "64", "--fps", "60")
+            await page.wait(lambda page: page.image is not None and page.image["filled"] >= 20)
+            await page.send({"type": "detector", "detector": annulus})
+            await page.wait(lambda page: page.image["detector"] == annulus)
+            changed_at = page.image["filled"]
+            await page.wait(lambda page: page.image["filled"] == 100)
+            assert writer.wait(30) == 0
+            assert changed_at < 100  # the new detector was computed while the run went on
+            expected = offline(camera / "scan.mib", (10, 10), annulus)
+            np.testing.assert_array_equal(page.image_values(), expected)
+
+    asyncio.run(watch())
