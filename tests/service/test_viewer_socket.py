@@ -275,3 +275,20 @@ def test_a_detector_changed_mid_run_is_computed_from_the_files_and_keeps_followi
             np.testing.assert_array_equal(page.image_values(), expected)
 
     asyncio.run(watch())
+
+
+def test_the_service_stops_with_pages_open_and_tells_them(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    running = daemon()
+    assert simulate(tmp_path / "camera", "--scan", "4x4", "--frame-size", "32").wait(30) == 0
+
+    async def watch() -> None:
+        async with Page(running.http) as page:
+            await page.wait(lambda page: page.image is not None and page.image["filled"] == 16)
+            assert await asyncio.to_thread(running.stop) == 0
+            await page.wait(lambda page: page.closed is not None)
+            assert page.closed == 1001  # going away
+
+    asyncio.run(watch())
+    assert "Traceback" not in running.log_text()

@@ -46,6 +46,8 @@ class Page:
         self.pixels: np.ndarray | None = None
         self.image: dict[str, Any] | None = None
         self.errors: list[str] = []
+        #: The close code once the service closed the socket.
+        self.closed: int | None = None
         self._session: aiohttp.ClientSession | None = None
         self._socket: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -106,6 +108,8 @@ class Page:
             elif message.type is aiohttp.WSMsgType.BINARY:
                 await self._binary(*unpack(message.data))
             self._changed.set()
+        self.closed = self._socket.close_code
+        self._changed.set()
 
     def _text(self, message: dict[str, Any]) -> None:
         kind = message["type"]
