@@ -56,7 +56,11 @@ class Page:
     async def __aenter__(self) -> Page:
         self._session = aiohttp.ClientSession()
         headers = {} if self.origin is None else {"Origin": self.origin}
-        self._socket = await self._session.ws_connect(self.url, headers=headers)
+        try:
+            self._socket = await self._session.ws_connect(self.url, headers=headers)
+        except BaseException:
+            await self._session.close()
+            raise
         self._reader = asyncio.create_task(self._read())
         return self
 
