@@ -15,7 +15,7 @@ import pytest
 import zmq
 from live import Daemon, Receiver, Series, call, daemons, wait_for, wait_until
 
-from stemcast.client import Frame, SeriesEnd, Subscriber
+from stemcast.client import Frame, SeriesEnd, SeriesStart, Subscriber, SubscriptionError
 from stemcast.simulate import simulate_mib
 
 
@@ -122,6 +122,80 @@ def test_a_restarted_service_resumes_the_run_for_its_clients_and_outputs(
     output = tmp_path / "out" / "camera" / "long.emd"
     np.testing.assert_array_equal(read_emd(output), expected)
     assert sorted(os.listdir(output.parent)) == ["long.emd"]
+
+
+def test_a_client_resumes_in_a_run_that_ended_before_a_restart(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    service = daemon()
+    camera = tmp_path / "camera"
+    with Subscriber(service.data, start="live", timeout_s=20) as subscriber:
+        simulate_mib(camera, name="first", scan_shape=(40, 20), frame_size=32)
+        for event in subscriber:
+            if isinstance(event, Frame) and event.index == 99:
+                break
+        position = subscriber.position
+    assert position is not None
+    assert position[1] == 100
+    assert service.http is not None
+    wait_until(
+        lambda: call("GET", f"{service.http}/runs/{position[0]}")[1],
+        lambda run: run["status"] == "complete",
+    )
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(10) == 0
+    restarted = daemon()
+    indices: list[int] = []
+    frames: list[np.ndarray] = []
+    ends: list[dict[str, Any]] = []
+    starts: list[dict[str, Any]] = []
+    with Subscriber(restarted.data, start=position, timeout_s=20) as subscriber:
+        for event in subscriber:
+            if isinstance(event, SeriesStart):
+                starts.append(event.header)
+            elif isinstance(event, Frame) and event.series == position[0]:
+                indices.append(event.index)
+                frames.append(event.data.copy())
+            elif isinstance(event, SeriesEnd):
+                ends.append(event.header)
+                if len(ends) == 2:
+                    break
+                # A run recorded after the restart follows the resumed one.
+                simulate_mib(camera, name="second", scan_shape=(4, 4), frame_size=32)
+    assert starts[0]["series"] == position[0]
+    assert starts[0]["shape"] == [32, 32]
+    assert indices == list(range(100, 800))
+    expected = read_mib(camera / "first.mib").reshape(800, 32, 32)
+    np.testing.assert_array_equal(np.stack(frames), expected[100:])
+    first, second = ends
+    assert (first["series"], first["status"], first["frames"]) == (position[0], "complete", 800)
+    assert first["nav_shape"] == [40, 20]
+    assert second["series"] != position[0]
+    assert (second["status"], second["frames"]) == ("complete", 16)
+
+
+def test_a_position_in_a_run_whose_files_are_gone_is_refused_clearly(
+    daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    service = daemon()
+    camera = tmp_path / "camera"
+    with Subscriber(service.data, start="live", timeout_s=20) as subscriber:
+        simulate_mib(camera, name="gone", scan_shape=(4, 4), frame_size=32)
+        for event in subscriber:
+            if isinstance(event, SeriesEnd):
+                break
+        position = subscriber.position
+    assert position is not None
+    service.process.send_signal(signal.SIGTERM)
+    assert service.process.wait(10) == 0
+    (camera / "gone.mib").unlink()
+    restarted = daemon()
+    with (
+        Subscriber(restarted.data, start=(position[0], 3), timeout_s=20) as subscriber,
+        pytest.raises(SubscriptionError, match=r"cannot be resumed.*gone\.mib"),
+    ):
+        subscriber.receive()
+    assert restarted.process.poll() is None
 
 
 def test_a_stalled_preview_subscriber_never_slows_the_data_channel(

@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 from stemcast.errors import StemcastError
 from stemcast.service.config import ServiceSettings, http_bind_address
 from stemcast.service.jobs.manager import JobManager
+from stemcast.service.live.catalog import SeriesEntry
 from stemcast.service.live.discovery import watch
 from stemcast.service.live.follower import RunFollower
 from stemcast.service.live.lag import consumer_lags
 from stemcast.service.live.publisher import Publisher
+from stemcast.service.live.recall import recall_series
 from stemcast.service.live.tail import MibSource, NotReady, open_source, stem_of
 from stemcast.service.metrics import Metrics
 from stemcast.service.state.records import JobStatus, RunRecord, RunStatus
@@ -89,6 +91,33 @@ class Service:
         self.tasks: set[asyncio.Task[object]] = set()
         self.seen: set[str] = set(finished)
         self.pending: set[str] = set()
+        publisher.data.recall = self.recall
+
+    async def recall(self, series: str) -> tuple[SeriesEntry, list[str]] | None:
+        """Find a series that ended before this start, for a data client resuming in it.
+
+        Parameters
+        ----------
+        series
+            The series id the client's position names.
+
+        Returns
+        -------
+        tuple or None
+            Its catalog entry rebuilt from the registry and its files, and the ids of the
+            runs recorded after it; ``None`` when the registry has no ended run of that id.
+
+        Raises
+        ------
+        StemcastError, OSError
+            When its files no longer hold what it published.
+        """
+        record = await asyncio.to_thread(self.registry.run, series)
+        if record is None or record["status"] in (RunStatus.FOLLOWING, RunStatus.ABANDONED):
+            return None
+        entry = await asyncio.to_thread(recall_series, record, self.settings)
+        later = await asyncio.to_thread(self.registry.runs_after, series)
+        return entry, later
 
     def stop(self) -> None:
         """Ask every run to finish its current batch, and discovery to end."""
@@ -368,10 +397,10 @@ async def start_http(service: Service, address: str) -> web.AppRunner:
     """
     from aiohttp import web
 
-    from stemcast.service.control.api import make_app
+    from stemcast.service.control.api import make_runner
 
     host, port = http_bind_address(address)
-    runner = web.AppRunner(make_app(service), shutdown_timeout=service.settings.shutdown_timeout_s)
+    runner = make_runner(service, shutdown_timeout=service.settings.shutdown_timeout_s)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

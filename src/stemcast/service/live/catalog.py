@@ -14,7 +14,7 @@ import asyncio
 import bisect
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -234,6 +234,23 @@ class Catalog:
             entry.readable(frames, time.monotonic())
             entry.frames = frames
             self._changed()
+
+    def restore(self, entry: SeriesEntry, later: Collection[str]) -> None:
+        """Put back a series that ended before the service started, in its start order.
+
+        Parameters
+        ----------
+        entry
+            The ended series, rebuilt from the registry.
+        later
+            The ids of the series that started after it: it goes before the first of them.
+        """
+        index = next(
+            (at for at, item in enumerate(self.entries) if item.series in later),
+            len(self.entries),
+        )
+        self.entries.insert(index, entry)
+        self._changed()
 
     def finish(self, entry: SeriesEntry, end: dict[str, Any]) -> None:
         """Mark ``entry`` ended, with the fields of its ``series_end``."""

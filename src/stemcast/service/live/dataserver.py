@@ -9,8 +9,9 @@ them from the batch the follower has just read) and sends at most its credit: a 
 only delays itself, and memory stays bounded by one batch per client however far behind it
 is. A client that says it leaves, or stays silent for ``client_timeout_s``
 (killed, cut off), is forgotten; when it speaks
-again its message carries its position, so it goes on from there (also after a restart of
-the service, when the series is still in the catalog).
+again its message carries its position, so it goes on from there. After a restart of the
+service, a position in a series that ended before it is found again in the registry and the
+run's files (:attr:`DataServer.recall`), away from the loop that serves the other clients.
 
 A client's position is ``(series, next)``: ``next`` counts the frames of the series and then
 its end, so after the ``series_end`` of a series of ``n`` frames a client stands at
@@ -23,6 +24,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +36,11 @@ from stemcast.protocol import CREDIT, ERROR, FRAME, SERIES, SERIES_END, SUBSCRIB
 from stemcast.service.live.catalog import Behind, Catalog, SeriesEntry
 from stemcast.service.metrics import Metrics
 
-__all__ = ["DataServer"]
+__all__ = ["DataServer", "Recall"]
+
+#: Finds a series that is not in the catalog (it ended before the service started): its
+#: rebuilt entry and the ids of the series that started after it, or ``None`` if unknown.
+Recall = Callable[[str], Awaitable[tuple[SeriesEntry, list[str]] | None]]
 
 _logger = logging.getLogger(__name__)
 
@@ -105,6 +111,10 @@ class DataServer:
         self.socket.linger = 0
         self.socket.bind(endpoint)
         self.sessions: dict[bytes, _Session] = {}
+        #: How to find a series that ended before the service started (set by the service).
+        self.recall: Recall | None = None
+        #: Clients whose position is being looked up by :attr:`recall`.
+        self._recalling: dict[bytes, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -145,6 +155,9 @@ class DataServer:
 
     async def close(self) -> None:
         """Forget every client and close the socket."""
+        for task in list(self._recalling.values()):
+            task.cancel()
+        await asyncio.gather(*self._recalling.values(), return_exceptions=True)
         for session in list(self.sessions.values()):
             await self._forget(session)
         for task in self._tasks:
@@ -178,6 +191,11 @@ class DataServer:
         if not isinstance(credit, int) or isinstance(credit, bool) or credit < 0:
             raise ValueError(f"credit {credit!r} is not a count")
         session = self.sessions.get(identity)
+        recalling = self._recalling.get(identity)
+        if recalling is not None:
+            if kind == CREDIT and not request.get("leave"):
+                return  # Still being placed: its credit is taken once it is.
+            recalling.cancel()
         if kind == CREDIT and request.get("leave"):
             if session is not None:
                 _logger.info("data client %s: left", identity.hex())
@@ -187,13 +205,50 @@ class DataServer:
             start = request.get("position") if kind == CREDIT else request.get("start", "live")
             if session is not None:
                 await self._forget(session)
-            await self._subscribe(identity, start, credit if kind == SUBSCRIBE else None)
+            credit_given = credit if kind == SUBSCRIBE else None
+            if self._needs_recall(start):
+                task = asyncio.create_task(
+                    self._recall_then_subscribe(identity, start, credit_given), name="data-recall"
+                )
+                self._recalling[identity] = task
+                task.add_done_callback(lambda done: self._recalled(identity, done))
+                return
+            await self._subscribe(identity, start, credit_given)
             return
         if kind != CREDIT or session is None:
             raise ValueError(f"unknown request {kind!r}")
         session.last_seen = time.monotonic()
         session.credit = min(self.max_credit, session.credit + credit)
         session.wake.set()
+
+    def _needs_recall(self, start: Any) -> bool:
+        """Whether ``start`` is a position in a series the catalog does not hold."""
+        return (
+            self.recall is not None and _is_position(start) and self.catalog.find(start[0]) is None
+        )
+
+    async def _recall_then_subscribe(self, identity: bytes, start: Any, credit: int | None) -> None:
+        """Find the series of a position that ended before the service started, then place."""
+        assert self.recall is not None
+        series = start[0]
+        try:
+            found = await self.recall(series)
+        except (StemcastError, OSError) as error:
+            _logger.warning("data client %s: cannot resume %s: %s", identity.hex(), series, error)
+            await self._send(
+                identity, {"htype": ERROR, "reason": f"series {series} cannot be resumed: {error}"}
+            )
+            return
+        if found is not None and self.catalog.find(series) is None:
+            self.catalog.restore(*found)
+            _logger.info("series %s: ended before this start, found again", series)
+        await self._subscribe(identity, start, credit)
+
+    def _recalled(self, identity: bytes, task: asyncio.Task[None]) -> None:
+        if self._recalling.get(identity) is task:
+            del self._recalling[identity]
+        if not task.cancelled() and task.exception() is not None:
+            _logger.error("data client %s: not placed: %s", identity.hex(), task.exception())
 
     async def _subscribe(self, identity: bytes, start: Any, credit: int | None) -> None:
         session = _Session(
@@ -226,14 +281,7 @@ class DataServer:
                 session.entry = following[-1]
                 session.frame = session.entry.frames
             return None
-        if (
-            isinstance(start, list)
-            and len(start) == 2
-            and isinstance(start[0], str)
-            and isinstance(start[1], int)
-            and not isinstance(start[1], bool)
-            and start[1] >= 0
-        ):
+        if _is_position(start):
             entry = self.catalog.find(start[0])
             if entry is None:
                 return f"series {start[0]} is not known to this service (any more)"
@@ -368,3 +416,15 @@ class DataServer:
             detector = str(entry.header.get("detector", "unknown"))
             self.metrics.publish_latency(detector, time.perf_counter() - started)
             self.metrics.published(detector, len(batch), batch.frames.nbytes)
+
+
+def _is_position(start: Any) -> bool:
+    """Whether a client's ``start`` is a position ``[series, frame]``."""
+    return (
+        isinstance(start, list)
+        and len(start) == 2
+        and isinstance(start[0], str)
+        and isinstance(start[1], int)
+        and not isinstance(start[1], bool)
+        and start[1] >= 0
+    )
