@@ -249,3 +249,68 @@ def test_a_blockfile_navigator_past_the_end_is_not_read_for(tmp_path: Path) -> N
     with pytest.raises(TruncatedError, match="0 complete frames") as error:
         stemcast.load(path)
     assert error.value.path == str(path)
+
+
+def _attribute_value_offset(raw: bytes, name: bytes) -> int:
+    """Offset of the stored value of attribute ``name``, from the attribute message layout.
+
+    File format specification IV.A.2.m: version 1 is ``version, reserved, name size, datatype
+    size, dataspace size`` (2 bytes each but the first two) then name, datatype and dataspace,
+    each padded to 8 bytes; version 3 adds an encoding byte and pads nothing.
+    """
+    at = raw.index(name + b"\x00")
+    for start, version in ((at - 8, 1), (at - 9, 3)):
+        if raw[start] == version:
+            sizes = [int.from_bytes(raw[start + k : start + k + 2], "little") for k in (2, 4, 6)]
+            if version == 1:
+                return at + sum(-(-size // 8) * 8 for size in sizes)
+            return at + sum(sizes)
+    raise AssertionError(f"no attribute message for {name!r}")
+
+
+def _ncem_with_text_attributes(path: Path, libver: str, extra: int = 0) -> Path:
+    with h5py.File(path, "w", libver=libver) as file:
+        file.attrs["version_major"] = 0
+        file.attrs["version_minor"] = 2
+        group = file.create_group("data/a")
+        group.attrs["emd_group_type"] = 1
+        group["data"] = np.arange(6, dtype=np.uint8).reshape(2, 3)
+        for index, (name, size) in enumerate((("y", 3), ("x", 2)), start=1):
+            dim = group.create_dataset(f"dim{index}", data=np.arange(size, dtype=float))
+            dim.attrs["name"] = name
+            dim.attrs["units"] = "nm"
+        metadata = file.create_group("microscope")
+        for index in range(extra):  # beyond 8, "latest" stores attributes densely
+            metadata.attrs[f"note{index}"] = f"text {index}"
+    return path
+
+
+def test_an_attribute_value_longer_than_the_file_is_refused_before_it_is_allocated(
+    tmp_path: Path,
+) -> None:
+    path = _ncem_with_text_attributes(tmp_path / "text.emd", "earliest")
+    raw = bytearray(path.read_bytes())
+    at = _attribute_value_offset(bytes(raw), b"units")
+    assert int.from_bytes(raw[at : at + 4], "little") == 2  # "nm"
+    raw[at : at + 4] = (2**31 - 1).to_bytes(4, "little")
+    path.write_bytes(raw)
+
+    with pytest.raises(FormatError, match="claims 2147483647 bytes") as error:
+        stemcast.load(path)
+    assert error.value.path == str(path)
+    assert error.value.offset == at
+
+
+@pytest.mark.parametrize(("libver", "extra"), [("earliest", 12), ("latest", 0), ("latest", 12)])
+def test_text_attributes_read_whatever_the_object_header_version(
+    tmp_path: Path, libver: str, extra: int
+) -> None:
+    # Version 2 object headers ("latest"), with attributes in the header or stored densely.
+    path = _ncem_with_text_attributes(tmp_path / "text.emd", libver, extra)
+    [signal] = stemcast.load(path)
+    assert [axis["name"] for axis in signal["axes"]] == ["x", "y"]
+    assert [axis["units"] for axis in signal["axes"]] == ["nm", "nm"]
+    notes = signal["original_metadata"]["microscope"]
+    assert {key: str(value) for key, value in notes.items()} == {
+        f"note{index}": f"text {index}" for index in range(extra)
+    }

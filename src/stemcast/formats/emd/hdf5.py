@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import FormatError, StemcastError
+from stemcast.formats.emd.hdf5_headers import attribute_value
 
 __all__ = ["H5Array", "Hdf5Source", "HeapCheckingFile", "decode_text", "members", "open_hdf5"]
 
@@ -48,6 +49,8 @@ _VLEN_KINDS = (0, 1)
 MAX_EXPANSION = 1100
 #: Bytes any dataset may declare whatever it stores (fill values of unwritten chunks).
 SIZE_SLACK = 2**26
+#: Most bytes read at once to check stored values (object header chunks are far smaller).
+MAX_VALUES_READ = 2**24
 
 
 def _heap_problem(collection: bytes, length_size: int) -> str | None:
@@ -161,6 +164,11 @@ class HeapCheckingFile:
             self._fd = -1
 
 
+def _value_size(file: h5py.File) -> int:
+    """Bytes of a stored variable-length value: length, global heap collection, index."""
+    return 4 + int(file.id.get_create_plist().get_sizes()[0]) + 4
+
+
 def _raised_by_h5py(error: BaseException) -> bool:
     """Whether ``error`` comes from h5py's code (the HDF5 library refusing the file)."""
     trace = error.__traceback__
@@ -264,10 +272,30 @@ class Hdf5Source:
 
     def attribute(self, node: h5py.Group | h5py.Dataset, name: str) -> Any:
         """Read attribute ``name`` of ``node``."""
-        datatype = node.attrs.get_id(name).get_type()
-        if _check_type(datatype, f"attribute {name!r} of {node.name!r}", self.path):
+        attribute = node.attrs.get_id(name)
+        datatype = attribute.get_type()
+        what = f"attribute {name!r} of {node.name!r}"
+        if _check_type(datatype, what, self.path):
+            address = getattr(h5py.h5o.get_info(node.id), "addr", None)
+            sizes = self.file.id.get_create_plist().get_sizes()
+            stored = None
+            if address is not None:
+                stored = attribute_value(self._read_at, address, name, *map(int, sizes))
+            if stored is not None:
+                offset, raw = stored
+                count = int(np.prod(attribute.shape, dtype=np.int64))
+                self._check_lengths(raw, count, datatype, what, offset)
             node = self._guarded_file()[node.name]
         return node.attrs[name]
+
+    def _read_at(self, offset: int, size: int) -> bytes:
+        """Read up to ``size`` bytes at ``offset`` (at most :data:`MAX_VALUES_READ`)."""
+        with open(self.path, "rb") as stream:
+            end = os.fstat(stream.fileno()).st_size
+            if offset >= end:
+                return b""
+            stream.seek(offset)
+            return stream.read(min(size, end - offset, MAX_VALUES_READ))
 
     def attributes(self, node: h5py.Group | h5py.Dataset) -> dict[str, Any]:
         """Read every attribute of ``node``."""
@@ -289,9 +317,12 @@ class Hdf5Source:
         far larger comes from a corrupt dataspace, and reading it would only exhaust memory.
         """
         datatype = dataset.id.get_type()
-        variable = _check_type(datatype, f"dataset {dataset.name!r}", self.path)
-        if variable and dataset.chunks is None:
-            self._check_lengths(dataset, datatype)
+        what = f"dataset {dataset.name!r}"
+        variable = _check_type(datatype, what, self.path)
+        offset = dataset.id.get_offset()
+        if variable and offset is not None:  # contiguous: the stored values are at offset
+            raw = self._read_at(offset, dataset.size * _value_size(self.file))
+            self._check_lengths(raw, dataset.size, datatype, what, offset)
         declared = dataset.size * dataset.dtype.itemsize
         if declared <= SIZE_SLACK:
             return variable
@@ -315,34 +346,33 @@ class Hdf5Source:
             )
         return variable
 
-    def _check_lengths(self, dataset: h5py.Dataset, datatype: h5py.h5t.TypeID) -> None:
+    def _check_lengths(
+        self, raw: bytes, count: int, datatype: h5py.h5t.TypeID, what: str, offset: int
+    ) -> None:
         """Refuse variable-length values longer than the file, before HDF5 allocates them.
 
         HDF5 allocates (and clears) the memory of each value from the length stored with
         it, before it finds that the value is not in the file: a corrupt length of 0x20202020
-        costs half a gigabyte. The lengths of a contiguous dataset of a variable-length type
-        are read and checked here; values of other layouts, and inside compound types, are
-        left to HDF5.
+        costs half a gigabyte. ``raw`` holds the stored values (length, global heap
+        collection, object index) from byte ``offset``: those of a contiguous dataset or of
+        an attribute in its object header. Values inside compound and array types, and of
+        chunked or densely stored data, are left to HDF5.
         """
-        offset = dataset.id.get_offset()
         kind = datatype.get_class()
-        if offset is None or kind not in (h5py.h5t.VLEN, h5py.h5t.STRING):
+        if kind not in (h5py.h5t.VLEN, h5py.h5t.STRING):
             return
         item = 1 if kind == h5py.h5t.STRING else datatype.get_super().get_size()
-        address_size = int(self.file.id.get_create_plist().get_sizes()[0])
-        stride = 4 + address_size + 4  # length, global heap collection, object index
+        stride = _value_size(self.file)
+        usable = min(count, len(raw) // stride) * stride
+        records = np.frombuffer(raw, dtype=np.uint8, count=usable).reshape(-1, stride)
+        lengths = records[:, :4].copy().view("<u4").ravel().astype(np.int64)
         size = os.path.getsize(self.path)
-        with open(self.path, "rb") as stream:
-            stream.seek(offset)
-            raw = stream.read(dataset.size * stride)
-        records = np.frombuffer(raw, dtype=np.uint8, count=len(raw) // stride * stride)
-        lengths = records.reshape(-1, stride)[:, :4].copy().view("<u4").ravel().astype(np.int64)
         too_long = np.flatnonzero(lengths * item > size)
         if too_long.size:
             index = int(too_long[0])
             raise FormatError(
-                f"value {index} of dataset {dataset.name!r} claims {int(lengths[index]) * item} "
-                f"bytes, more than the file holds",
+                f"value {index} of {what} claims {int(lengths[index]) * item} bytes, more than "
+                "the file holds",
                 path=self.path,
                 offset=offset + index * stride,
             )
