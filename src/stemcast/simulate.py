@@ -231,6 +231,7 @@ def simulate_mib(
     hdr_scan_size: bool = False,
     pattern_pool: int = 0,
     seed: int = 0,
+    start_time: datetime | None = None,
 ) -> list[Path]:
     """Write a Merlin acquisition as the camera does: ``.hdr`` first, then growing ``.mib``.
 
@@ -261,6 +262,8 @@ def simulate_mib(
         See :func:`scan_frames`.
     hdr_scan_size
         Write ``ScanX``/``ScanY`` to the ``.hdr`` (Merlin software 1.5 and later).
+    start_time
+        Timestamp of the first frame; defaults to the time the first file is opened.
 
     Returns
     -------
@@ -273,7 +276,7 @@ def simulate_mib(
     width = scan_shape[0] + flyback_frames
     total = width * scan_shape[1]
     interval = 1.0 / fps if fps > 0 else 0.001
-    start: datetime | None = None
+    start = start_time
     frame_shape = (frame_size, frame_size)
     common: dict[str, Any] = {
         "frame_shape": frame_shape,
@@ -354,6 +357,7 @@ def simulate_tvips(
     scan_engine: bool = True,
     frames_before_scan: int = 0,
     frames_after_scan: int = 0,
+    start_time: datetime | None = None,
 ) -> list[Path]:
     """Write a rolling TVIPS series as the camera does: ``NAME_000.tvips``, ``_001``, ...
 
@@ -387,6 +391,8 @@ def simulate_tvips(
     frames_before_scan, frames_after_scan
         Frames recorded before the scan starts and after it ends, with the beam at the first
         and the last position (they repeat its pattern).
+    start_time
+        Timestamp of the first frame; defaults to now.
 
     Returns
     -------
@@ -425,7 +431,7 @@ def simulate_tvips(
         max_file_size=max_file_size,
         frame_interval_s=1.0 / fps if fps > 0 else 0.001,
         scan_shape=(scan_shape[1], width),
-        start_time=datetime.now(UTC),
+        start_time=start_time or datetime.now(UTC),
     )
     frames = _parked(lines, frames_before_scan, frames_after_scan)
     written = 0

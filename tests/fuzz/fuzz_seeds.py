@@ -48,7 +48,7 @@ def _whole(path: Path) -> list[tuple[int, int]]:
 
 
 def _mib_seed(directory: Path, name: str, kind: str, **options: Any) -> Seed:
-    paths = simulate_mib(directory, name=name, **options)
+    paths = simulate_mib(directory, name=name, start_time=START, **options)
     files = [path.name for path in paths]
     targets = {path.name: _mib_ranges(path) for path in paths}
     hdr = paths[0].with_suffix(".hdr")
@@ -80,7 +80,7 @@ def _raw_seed(directory: Path, name: str, depth: int, rows: int, frames: int) ->
 
 
 def _tvips_seed(directory: Path, name: str, **options: Any) -> Seed:
-    paths = simulate_tvips(directory, name=name, **options)
+    paths = simulate_tvips(directory, name=name, start_time=START, **options)
     main = parse_main_header(paths[0].read_bytes()[:MAIN_HEADER_SIZE])
     header = main.frameheaderbytes
     record = header + main.dimx * main.dimy * main.bitsperpixel // 8

@@ -13,7 +13,9 @@ So variable-length values are read through a :class:`HeapCheckingFile` (h5py's
 ``fileobj`` driver), which checks each global heap collection before HDF5 sees it and hides
 a bad one from HDF5; :class:`Hdf5Source` refuses bad datatypes before any value is read; and
 :func:`open_hdf5` turns what h5py raises while the file is open into a
-:class:`~stemcast.errors.FormatError` naming the file.
+:class:`~stemcast.errors.FormatError` naming the file. Sizes HDF5 would allocate before it
+finds them wrong (a dataspace far larger than the data stored, a variable-length value
+longer than the file) are checked first as well.
 """
 
 from __future__ import annotations
