@@ -29,6 +29,7 @@ from watchfiles import Change, awatch
 
 from stemcast.formats.runs import run_kind
 from stemcast.formats.tvips.run import is_tvips
+from stemcast.service.live.reasons import bounded
 from stemcast.service.paths import inside
 
 __all__ = ["GONE", "FileIdentity", "Found", "WatchFolders", "is_run_file", "watch"]
@@ -233,10 +234,12 @@ async def watch(
         Run files, oldest first.
     """
     interval_ms = max(1, round(poll_interval_s * 1000))
+    #: The folders the watcher failed on: listed every poll interval instead.
+    failed: list[Path] | None = None
     while not stop.is_set():
         watched = await asyncio.to_thread(folders.available)
-        if not watched:
-            yield []
+        if not watched or watched == failed:
+            yield await asyncio.to_thread(folders.runs, watched)
             await _sleep(stop, poll_interval_s)
             continue
         # A full listing first, once the watcher runs: nothing created from now on is missed.
@@ -263,10 +266,22 @@ async def watch(
                 else:
                     paths = sorted({path for _, path in changes})
                     yield await asyncio.to_thread(folders.look_all, paths)
-        except (OSError, RuntimeError) as error:
-            # A folder vanished between the look and the watcher's start.
-            _logger.warning("watching %s failed (%s): starting again", watched, error)
-            await _sleep(stop, poll_interval_s)
+        except Exception as error:  # the watcher gives up on entries it cannot stat (loops)
+            _logger.warning(
+                "watching %s failed (%s): listing %s every %g s instead",
+                ", ".join(map(str, watched)),
+                bounded(str(_innermost(error))),
+                "it" if len(watched) == 1 else "them",
+                poll_interval_s,
+            )
+            failed = watched
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """Return the first error an exception group holds (the watcher raises groups)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
