@@ -507,8 +507,10 @@ async def start_http(service: Service, address: str) -> web.AppRunner:
         await web.TCPSite(runner, host, port).start()
     except OSError as error:
         await runner.cleanup()
+        reason = os.strerror(error.errno) if error.errno else str(error)
         raise StemcastError(
-            f"cannot listen on {address}: {error.strerror or error}", parameter="http"
+            f"cannot listen on {address}: {reason}; choose another address "
+            "with --http (setting http), or --http off"
         ) from None
     bound: Any = runner.addresses[0]
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
