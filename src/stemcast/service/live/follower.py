@@ -352,6 +352,8 @@ class RunFollower:
             navigation.frames_expected or "an unknown number of",
         )
         if changed:
+            if self.live is not None:
+                self.live.advance(self.published, navigation.scan)
             await self._shape_found()
 
     async def _stopped(self) -> tuple[RunStatus, str]:
