@@ -244,10 +244,16 @@ async def watch(
             continue
         # A full listing first, once the watcher runs: nothing created from now on is missed.
         full = True
+        names = {os.fspath(folder) for folder in watched}
+
+        def wanted(change: Change, path: str, names: set[str] = names) -> bool:
+            # A change of a watched folder itself (gone, back) calls for a full listing.
+            return (path in names and change != Change.modified) or is_run_file(change, path)
+
         try:
             async for changes in awatch(
                 *watched,
-                watch_filter=is_run_file,
+                watch_filter=wanted,
                 debounce=interval_ms,
                 step=min(10, interval_ms),
                 stop_event=stop,
@@ -257,7 +263,8 @@ async def watch(
                 poll_delay_ms=interval_ms,
                 recursive=False,
             ):
-                if full or not changes:
+                if full or not changes or any(path in names for _, path in changes):
+                    # The watcher's first look, a quiet interval, or a folder gone or back.
                     full = False
                     now = await asyncio.to_thread(folders.available)
                     yield await asyncio.to_thread(folders.runs, now)

@@ -436,7 +436,7 @@ def open_source(path: str | os.PathLike[str], *, max_frame_bytes: int | None = N
     if max_frame_bytes is not None and size > max_frame_bytes:
         raise FormatError(
             f"its header claims frames of {rows} x {cols} pixels ({size:,} bytes each), more "
-            f"than max_frame_bytes ({max_frame_bytes:,}): not followed",
+            f"than max_frame_bytes ({max_frame_bytes:,})",
             path=path,
         )
     return source
