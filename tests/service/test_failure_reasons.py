@@ -33,12 +33,14 @@ def test_file_bytes_in_a_message_are_escaped_and_cut() -> None:
 
 
 def test_a_name_stands_for_another_file_with_a_new_inode_or_a_smaller_size() -> None:
-    ended = FileIdentity(device=1, inode=10, size=1000)
-    assert not ended.replaced_by(FileIdentity(1, 10, 1000))
-    assert not ended.replaced_by(FileIdentity(1, 10, 2000))
-    assert ended.replaced_by(FileIdentity(1, 10, 999))
-    assert ended.replaced_by(FileIdentity(1, 11, 1000))
-    assert GONE.replaced_by(ended)
+    ended = FileIdentity(device=1, inode=10, size=1000, mtime_ns=5, head="ab")
+    assert ended.same_file(FileIdentity(1, 10, 1000, 5)) is True
+    assert ended.same_file(FileIdentity(1, 10, 999, 6)) is False
+    assert ended.same_file(FileIdentity(1, 11, 1000, 5)) is False
+    # The same inode written since: a new file may get the inode of one just deleted.
+    assert ended.same_file(FileIdentity(1, 10, 2000, 6)) is None
+    assert FileIdentity(1, 10, 1000, 5).same_file(FileIdentity(1, 10, 2000, 6)) is True
+    assert GONE.same_file(FileIdentity(1, 10, 1000, 5)) is False
 
 
 def test_a_late_hdr_gives_the_frame_count_and_replaces_a_scan_from_timestamps() -> None:

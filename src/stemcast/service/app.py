@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,14 @@ from stemcast.formats.tvips.run import first_part, is_tvips
 from stemcast.service.config import ServiceSettings, http_bind_address
 from stemcast.service.jobs.manager import JobManager
 from stemcast.service.live.catalog import SeriesEntry
-from stemcast.service.live.discovery import GONE, FileIdentity, Found, WatchFolders, watch
+from stemcast.service.live.discovery import (
+    GONE,
+    FileIdentity,
+    Found,
+    WatchFolders,
+    head_digest,
+    watch,
+)
 from stemcast.service.live.follower import RunFollower
 from stemcast.service.live.lag import consumer_lags
 from stemcast.service.live.publisher import Publisher
@@ -165,10 +172,7 @@ class Service:
             if run_kind(path) is None or self.stopping.is_set():
                 continue  # a later part of a TVIPS series: its run finds it
             if path in self.seen:
-                known = self.seen[path]
-                if known is None:
-                    self.seen[path] = item.identity
-                if known is None or not known.replaced_by(item.identity):
+                if await self._still_ended(item):
                     continue
                 _logger.info("%s: another file under the name of a run that ended: a new run", path)
                 del self.seen[path]
@@ -190,6 +194,22 @@ class Service:
                 "" if old == 1 else "s",
                 self.settings.existing_max_age_s,
             )
+
+    async def _still_ended(self, item: Found) -> bool:
+        """Whether ``item`` is still the file of a run that ended, not another file."""
+        known = self.seen[item.path]
+        if known is None:
+            self.seen[item.path] = item.identity
+            return True
+        same = known.same_file(item.identity)
+        if same is None:
+            try:
+                same = await asyncio.to_thread(head_digest, item.path) == known.head
+            except OSError:
+                return True  # gone again: the next look tells
+            if same:
+                self.seen[item.path] = replace(item.identity, head=known.head)
+        return same
 
     def _owner(self, path: str) -> RunFollower | None:
         """Return the run followed that ``path`` is a file of (a TVIPS part it has not found)."""
@@ -360,6 +380,14 @@ class Service:
     async def discover(self, ready: Callable[[], None]) -> None:
         """Follow new runs until the service stops; call ``ready`` after the first listing."""
         settings = self.settings
+        # What the files of the runs that ended before are, before anything can replace them.
+        folders = {os.path.abspath(folder) for folder in settings.watch}
+        ended = [
+            path
+            for path, known in self.seen.items()
+            if known is None and os.path.dirname(os.path.abspath(path)) in folders
+        ]
+        self.seen.update(await asyncio.to_thread(_identities, ended))
         first = True
         async for found in watch(
             self.folders,
@@ -388,11 +416,9 @@ def _identities(paths: Iterable[str]) -> dict[str, FileIdentity | None]:
     found: dict[str, FileIdentity | None] = {}
     for path in paths:
         try:
-            status = os.stat(path)
+            found[path] = FileIdentity.of(path, head=True)
         except OSError:
             found[path] = GONE
-            continue
-        found[path] = FileIdentity(status.st_dev, status.st_ino, status.st_size)
     return found
 
 

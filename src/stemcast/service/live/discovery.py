@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import stat
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from watchfiles import Change, awatch
@@ -32,7 +33,11 @@ from stemcast.formats.tvips.run import is_tvips
 from stemcast.service.live.reasons import bounded
 from stemcast.service.paths import inside
 
-__all__ = ["GONE", "FileIdentity", "Found", "WatchFolders", "is_run_file", "watch"]
+__all__ = ["GONE", "HEAD_BYTES", "FileIdentity", "Found", "WatchFolders", "is_run_file", "watch"]
+
+#: Bytes at the start of a run file that tell one acquisition from another: the first frame
+#: header (or TVIPS main and first frame header), with the acquisition's time.
+HEAD_BYTES = 4096
 
 _logger = logging.getLogger(__name__)
 
@@ -44,30 +49,66 @@ def is_run_file(change: Change, path: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class FileIdentity:
-    """Which file a name stands for, and how big it was: a name reused is another file.
+    """Which file a name stands for, as it was when looked at: a name reused is another file.
 
     Attributes
     ----------
     device, inode
         The file (its target, for a symbolic link).
     size
-        Its size in bytes when looked at.
+        Its size in bytes.
+    mtime_ns
+        Its modification time.
+    head
+        Digest of its first :data:`HEAD_BYTES` bytes, when they were read (at the end of its
+        run); empty otherwise.
     """
 
     device: int
     inode: int
     size: int
+    mtime_ns: int
+    head: str = field(default="", compare=False)
 
-    def replaced_by(self, other: FileIdentity) -> bool:
-        """Whether ``other``, found under the same name later, is another file.
+    @classmethod
+    def of(cls, path: str, *, head: bool = False) -> FileIdentity:
+        """Look at ``path`` now (following links); ``head`` also digests its start.
 
-        A new inode is another file; so is a smaller size (the file was rewritten in place).
+        Raises
+        ------
+        OSError
+            When it cannot be looked at (gone, a link loop, no permission).
         """
-        return (other.device, other.inode) != (self.device, self.inode) or other.size < self.size
+        status = os.stat(path)
+        digest = head_digest(path) if head else ""
+        return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, digest)
+
+    def same_file(self, other: FileIdentity) -> bool | None:
+        """Whether ``other``, found under the same name later, is still this file.
+
+        Returns
+        -------
+        bool or None
+            ``False`` for another inode or a smaller size (rewritten in place), ``True`` when
+            nothing changed, ``None`` when the same inode was written since: a file system
+            may give a new file the inode of one just deleted, so only its start (compare
+            :attr:`head`) tells. Without a recorded head, ``True``.
+        """
+        if (other.device, other.inode) != (self.device, self.inode) or other.size < self.size:
+            return False
+        if (other.size, other.mtime_ns) == (self.size, self.mtime_ns) or not self.head:
+            return True
+        return None
+
+
+def head_digest(path: str) -> str:
+    """Return a digest of the first :data:`HEAD_BYTES` bytes of ``path``."""
+    with open(path, "rb") as stream:
+        return hashlib.sha256(stream.read(HEAD_BYTES)).hexdigest()
 
 
 #: What a file that was gone when looked at is: any file found later under its name differs.
-GONE = FileIdentity(-1, -1, 0)
+GONE = FileIdentity(-1, -1, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +229,7 @@ class WatchFolders:
                 )
                 return None
         self._forget(path)
-        identity = FileIdentity(status.st_dev, status.st_ino, status.st_size)
+        identity = FileIdentity(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
         return Found(path, identity, status.st_mtime)
 
     def look_all(self, paths: Sequence[str]) -> list[Found]:
