@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,8 @@ def test_unknown_things_and_bad_queries_are_json_errors(site: Site) -> None:
     assert call("GET", f"{site.url}/jobs/no-such-job") == (404, {"error": "no job no-such-job"})
     status, body = call("GET", f"{site.url}/runs?status=sleeping")
     assert status == 400
-    assert "unknown state 'sleeping'" in body["error"]
+    assert body["error"].startswith("status: ")
+    assert '"sleeping"' in body["error"]
     status, body = call("GET", f"{site.url}/jobs?limit=many")
     assert status == 400
     assert "limit" in body["error"]
@@ -158,7 +160,9 @@ def test_the_same_conversion_asked_twice_runs_once(site: Site) -> None:
     assert done["status"] == "done"
     assert done["progress"] == {"frames_done": 24, "frames_total": 24, "fraction": 1.0}
     output = Path(done["outputs"]["emd"])
-    assert output == site.base / "out" / "camera" / "twice.emd"
+    # Not the run's usual options (none are configured): the output's name says so.
+    assert output.parent == site.base / "out" / "camera"
+    assert re.fullmatch(r"twice\.[0-9a-f]{8}\.emd", output.name)
     before = output.stat()
     status, again = call("POST", url, request, token=TOKEN)
     assert status == 200
@@ -191,7 +195,7 @@ def test_bad_requests_say_what_is_wrong(site: Site) -> None:
     assert "JSON object" in body["error"]
     status, body = call("POST", url, {"target": "emd"}, token=TOKEN)
     assert status == 400
-    assert "unknown field(s) target" in body["error"]
+    assert body["error"] == "target: unknown field; expected navigation_shape, options, targets"
     status, body = call("POST", url, {"targets": "tiff"}, token=TOKEN)
     assert status == 400
     assert "'tiff' is not a target" in body["error"]
@@ -205,7 +209,7 @@ def test_bad_requests_say_what_is_wrong(site: Site) -> None:
     assert "no targets" in body["error"]
     status, body = call("POST", f"{site.url}/convert", {"targets": "emd"}, token=TOKEN)
     assert status == 400
-    assert "'path'" in body["error"]
+    assert body["error"] == "path: required"
     assert call("GET", f"{site.url}/jobs?run_id={run['id']}")[1]["jobs"] == []
 
 

@@ -121,6 +121,16 @@ options = {{ blockfile = {{ intensity_scaling = "minmax" }} }}
     )
     # The first matching rule wins: the folder rule turns conversion off even for TVIPS.
     assert settings.conversion_for("tvips", tmp_path / "fast") == ([], {})
+    # The options a run's conversion to given targets uses: its rule's, else convert_options.
+    assert settings.options_for("tvips", tmp_path / "merlin", ["blockfile"]) == {
+        "blockfile": {"intensity_scaling": "minmax"}
+    }
+    assert settings.options_for("tvips", tmp_path / "merlin", ["emd"]) == {"emd": {}}
+    assert settings.options_for("merlin", tmp_path / "merlin", ["emd", "blockfile"]) == {
+        **gzip,
+        "blockfile": {},
+    }
+    assert settings.options_for("merlin", tmp_path / "fast", ["emd"]) == gzip
 
 
 def test_bad_rules_are_refused_naming_the_setting(tmp_path: Path) -> None:

@@ -248,6 +248,15 @@ def test_output_paths_keep_the_folder_below_relative_to(tmp_path: Path) -> None:
     assert series == {"blockfile": Path(os.path.abspath("out")) / "series.blo"}
 
 
+def test_output_tags_go_between_the_run_name_and_the_suffix(tmp_path: Path) -> None:
+    source = tmp_path / "scan.mib"
+    paths = output_paths(source, ["emd", "blockfile"], tmp_path, tags={"emd": "3f9a1c2e"})
+    assert paths == {"emd": tmp_path / "scan.3f9a1c2e.emd", "blockfile": tmp_path / "scan.blo"}
+    for bad in ("", "../x", ".hidden", "a/b", "a b"):
+        with pytest.raises(ParameterError, match=r"tags\.emd"):
+            output_paths(source, ["emd"], tmp_path, tags={"emd": bad})
+
+
 # --------------------------------------------------------------------------------------------
 # Outputs equal what the reference reads from the source
 # --------------------------------------------------------------------------------------------

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
+import shutil
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 
 from stemcast.errors import ParameterError
@@ -297,7 +300,28 @@ def test_requests_are_checked_before_a_job_is_recorded(
             await jobs.request(path, "emd", None, navigation_shape=(0, 4))
         with pytest.raises(ValueError, match=r"notes\.txt"):
             await jobs.request(camera / "notes.txt", "emd", None)
+        # Known only from the run: refused before a job is recorded, not failed later.
+        # The run is 6 x 4 frames of 32 x 32: the data is (4, 6, 32, 32) in array order.
+        with pytest.raises(ParameterError, match=r"\[1, 1\] has 2 axes; the data has 4"):
+            await jobs.request(path, "emd", {"emd": {"chunks": [1, 1]}})
+        with pytest.raises(ParameterError, match="larger than the data"):
+            await jobs.request(path, "emd", {"emd": {"chunks": [1, 1, 33, 32]}})
+        with pytest.raises(ParameterError, match="do not fill one line"):
+            await jobs.request(path, "emd", None, navigation_shape=(25, 1))
+        # A Merlin scan line of length 1 is dropped, as the reader does: (24,) frames.
+        with pytest.raises(ParameterError, match="has 4 axes; the data has 3"):
+            await jobs.request(
+                path, "emd", {"emd": {"chunks": [1, 1, 32, 32]}}, navigation_shape=(24, 1)
+            )
         assert jobs.registry.jobs() == []
+        whole, created = await jobs.request(path, "emd", {"emd": {"chunks": [4, 6, 32, 32]}})
+        stack, created_stack = await jobs.request(
+            path, "emd", {"emd": {"chunks": [24, 32, 32]}}, navigation_shape=(24, 1)
+        )
+        assert created
+        assert created_stack
+        for job in (whole, stack):
+            assert (await until(finished(jobs, job["id"]), ended))["status"] == "done"
         await jobs.stop()
 
     run(main)
@@ -312,6 +336,113 @@ def test_requests_are_checked_before_a_job_is_recorded(
             await jobs.stop()
 
     run(without_output)
+
+
+def read(path: Path | str) -> np.ndarray:
+    if str(path).endswith(".emd"):
+        from rsciio.emd import file_reader
+    else:
+        from rsciio.quantumdetector import file_reader
+    [signal_dict] = file_reader(str(path))
+    return np.asarray(signal_dict["data"])
+
+
+def test_jobs_with_other_options_or_shapes_never_share_an_output(
+    manager: Callable[..., Awaitable[JobManager]], camera: Path, tmp_path: Path
+) -> None:
+    [path] = simulate_mib(
+        camera, name="shared", scan_shape=(16, 16), frame_size=64, hdr_scan_size=True
+    )
+    source = read(path)
+    assert source.shape == (16, 16, 64, 64)
+
+    async def main() -> None:
+        jobs = await manager()
+
+        async def done(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            job, created = await jobs.request(path, "emd", *args, run_shape=(16, 16), **kwargs)
+            assert created
+            return await until(finished(jobs, job["id"]), ended)
+
+        usual = await done(None, relative_to=camera)
+        reshaped = await done(None, navigation_shape=(2, 100), relative_to=camera)
+        compressed = await done({"emd": {"compression": "lzf"}}, relative_to=camera)
+        outputs = [Path(job["outputs"]["emd"]) for job in (usual, reshaped, compressed)]
+        assert outputs[0] == tmp_path / "out" / "camera" / "shared.emd"
+        assert len(set(outputs)) == 3
+        for output in outputs[1:]:
+            assert output.parent == outputs[0].parent
+            assert re.fullmatch(r"shared\.[0-9a-f]{8}\.emd", output.name)
+        np.testing.assert_array_equal(read(outputs[0]), source)
+        np.testing.assert_array_equal(
+            read(outputs[1]), source.reshape(256, 64, 64)[:200].reshape(100, 2, 64, 64)
+        )
+        np.testing.assert_array_equal(read(outputs[2]), source)
+        # Asked again, the usual conversion is the first job, its file still its own.
+        again, created = await jobs.request(
+            path, "emd", None, run_shape=(16, 16), relative_to=camera
+        )
+        assert not created
+        assert again["id"] == usual["id"]
+        np.testing.assert_array_equal(read(again["outputs"]["emd"]), source)
+        await jobs.stop()
+
+    run(main)
+
+
+def test_the_runs_configured_options_keep_the_plain_output_name(
+    manager: Callable[..., Awaitable[JobManager]], camera: Path, tmp_path: Path
+) -> None:
+    path = small_run(camera, "configured")
+
+    async def main() -> None:
+        jobs = await manager(convert_options={"emd": {"compression": "gzip"}})
+        configured, _ = await jobs.request(path, "emd", {"emd": {"compression": "gzip"}})
+        plain, _ = await jobs.request(path, "emd", None)
+        configured = await until(finished(jobs, configured["id"]), ended)
+        plain = await until(finished(jobs, plain["id"]), ended)
+        assert configured["outputs"] == {"emd": str(tmp_path / "out" / "configured.emd")}
+        assert re.fullmatch(r"configured\.[0-9a-f]{8}\.emd", Path(plain["outputs"]["emd"]).name)
+        await jobs.stop()
+
+    run(main)
+
+
+def test_existing_is_answered_only_while_the_output_is_the_file_the_job_wrote(
+    manager: Callable[..., Awaitable[JobManager]], camera: Path
+) -> None:
+    path = small_run(camera, "kept")
+    source = read(path)
+
+    async def main() -> None:
+        jobs = await manager()
+        first, _ = await jobs.request(path, "emd", None)
+        first = await until(finished(jobs, first["id"]), ended)
+        output = Path(first["outputs"]["emd"])
+        again, created = await jobs.request(path, "emd", None)
+        assert (again["id"], created) == (first["id"], False)
+        # Replaced by another file of the same name: a new job writes it again.
+        other, _ = await jobs.request(path, "emd", {"emd": {"compression": "lzf"}})
+        other = await until(finished(jobs, other["id"]), ended)
+        shutil.copyfile(other["outputs"]["emd"], output.with_suffix(".new"))
+        os.replace(output.with_suffix(".new"), output)
+        second, created = await jobs.request(path, "emd", None)
+        assert created
+        assert second["id"] != first["id"]
+        second = await until(finished(jobs, second["id"]), ended)
+        assert second["outputs"] == first["outputs"]
+        np.testing.assert_array_equal(read(output), source)
+        # Rewritten in place (same inode and size, another modification time): again.
+        stamp = output.stat().st_mtime_ns + 10**9
+        os.utime(output, ns=(stamp, stamp))
+        third, created = await jobs.request(path, "emd", None)
+        assert created
+        assert (await until(finished(jobs, third["id"]), ended))["status"] == "done"
+        same, created = await jobs.request(path, "emd", None)
+        assert (same["id"], created) == (third["id"], False)
+        await jobs.stop()
+
+    run(main)
 
 
 def conversion_processes() -> list[int]:

@@ -475,6 +475,65 @@ def test_a_newer_schema_version_is_refused_clearly(tmp_path: Path) -> None:
         Registry(path)
 
 
+#: The jobs table of schema version 1 (the runs table is the same in version 2).
+_JOBS_V1 = """
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    key TEXT NOT NULL,
+    source TEXT NOT NULL,
+    run_id TEXT,
+    targets TEXT NOT NULL,
+    options TEXT NOT NULL,
+    output_dir TEXT NOT NULL,
+    navigation_shape TEXT,
+    relative_to TEXT,
+    status TEXT NOT NULL,
+    frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_total INTEGER,
+    outputs TEXT NOT NULL DEFAULT '{}',
+    bytes_written INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT
+)
+"""
+
+
+def test_a_version_1_registry_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    with Registry(path) as registry:
+        add_run(registry, "r1")
+    direct = sqlite3.connect(path, isolation_level=None)
+    direct.execute("DROP TABLE jobs")
+    direct.execute(_JOBS_V1)
+    direct.execute(
+        "INSERT INTO jobs (id, key, source, targets, options, output_dir, status, outputs,"
+        " created_at, started_at, ended_at) VALUES ('old', 'k', '/data/run.mib', '[\"emd\"]',"
+        " '{}', '/out', 'done', '{\"emd\": \"/out/run.emd\"}', '2025-01-01T00:00:00.000000Z',"
+        " '2025-01-01T00:00:01.000000Z', '2025-01-01T00:00:02.000000Z')"
+    )
+    direct.execute("PRAGMA user_version = 1")
+    direct.close()
+    with Registry(path) as registry:
+        old = registry.job("old")
+        assert old is not None
+        assert old["status"] == "done"
+        assert old["outputs"] == {"emd": "/out/run.emd"}
+        # Written before fingerprints were kept: nothing says the file is still that job's.
+        assert old["tags"] == {}
+        assert old["fingerprints"] is None
+        assert registry.run("r1") is not None
+        new = add_job(registry, "new", tags={"emd": "1f2e3d4c"})
+        assert new["tags"] == {"emd": "1f2e3d4c"}
+        done = registry.update_job("new", status="done", fingerprints={"emd": [1, 2, 3, 4]})
+        assert done["fingerprints"] == {"emd": [1, 2, 3, 4]}
+    direct = sqlite3.connect(path)
+    assert direct.execute("PRAGMA user_version").fetchone()[0] == 2
+    direct.close()
+
+
 def test_a_folder_in_place_of_the_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StemcastError, match=r"cannot open the registry") as caught:
         Registry(tmp_path)

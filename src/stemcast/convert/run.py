@@ -73,6 +73,7 @@ __all__ = [
     "TARGETS",
     "Cancelled",
     "Converted",
+    "check_conversion",
     "check_options",
     "convert_mib",
     "convert_on_worker",
@@ -90,6 +91,9 @@ _BATCH_BYTES = 16 * 2**20
 #: Free space kept for HDF5's own structures (chunk index, metadata) when it closes a file.
 _EMD_RESERVE_BYTES = 2**20
 _EMD_RESERVE_PER_FRAME = 64
+#: The largest chunk HDF5 stores, in bytes (``H5Pset_chunk``: a chunk holds less than 4 GiB).
+_MAX_CHUNK_BYTES = 2**32 - 1
+_TAG = re.compile(r"[0-9A-Za-z_-]+")
 _PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial$")
 #: Seconds between two looks at the cancel event, and between two progress reports, on a
 #: dask worker (each is a round trip to the scheduler).
@@ -113,8 +117,9 @@ def output_paths(
     output_dir: str | os.PathLike[str],
     *,
     relative_to: str | os.PathLike[str] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Where the outputs of a run go: ``output_dir / [sub folder /] <run name><suffix>``.
+    """Where the outputs of a run go: ``output_dir / [sub folder /] <run name>[.tag]<suffix>``.
 
     Parameters
     ----------
@@ -127,12 +132,22 @@ def output_paths(
     relative_to
         When ``source`` lies under this folder, its folder relative to it is recreated
         under ``output_dir`` (e.g. the watched folder of the service).
+    tags
+        A tag per target, put between the run name and the suffix (``scan.1f2e3d4c.emd``):
+        the service tags the outputs of conversions with other options or scan shapes than
+        the run's usual one, so that they never share a file. Untagged targets keep
+        ``<run name><suffix>``.
 
     Returns
     -------
     dict
         Absolute output path of each target. The run name is the ``.mib`` file's stem, or
         the series name (stem without ``_000``) for TVIPS.
+
+    Raises
+    ------
+    ParameterError
+        When a tag is not letters, digits, ``-`` and ``_``.
     """
     first = Path(os.path.abspath(source))
     folder = Path(os.path.abspath(output_dir))
@@ -140,7 +155,16 @@ def output_paths(
         with contextlib.suppress(ValueError):
             folder = folder / first.parent.relative_to(os.path.abspath(relative_to))
     name = run_name(first)
-    return {target: folder / f"{name}{TARGETS[target]}" for target in parse_targets(targets)}
+    given = tags or {}
+    for target, tag in given.items():
+        if not _TAG.fullmatch(tag):
+            raise ParameterError(
+                f"{tag!r} is not a tag (letters, digits, - and _)", parameter=f"tags.{target}"
+            )
+    return {
+        target: folder / f"{name}{'.' + given[target] if target in given else ''}{TARGETS[target]}"
+        for target in parse_targets(targets)
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -250,14 +274,25 @@ def _check_targets(plan: _Plan, targets: Sequence[str], options: Mapping[str, An
                 path=where,
             )
     chunks = options.get("emd", {}).get("chunks")
-    ndim = len(plan.navigation) + 2
-    if "emd" in targets and chunks is not None and len(chunks) != ndim:
-        raise ParameterError(
-            f"{chunks} has {len(chunks)} axes; the data has {ndim} "
-            f"(navigation {tuple(reversed(plan.navigation))}, frame {plan.frame_shape})",
-            parameter="options.emd.chunks",
-            path=where,
-        )
+    if "emd" in targets and chunks is not None:
+        _check_chunks(plan, chunks)
+
+
+def _check_chunks(plan: _Plan, chunks: Sequence[int]) -> None:
+    """Refuse EMD chunks of another rank than the data, larger than it, or beyond HDF5's limit."""
+    shape = (*reversed(plan.navigation), *plan.frame_shape)
+    described = f"navigation {tuple(reversed(plan.navigation))}, frame {plan.frame_shape}"
+    problem = None
+    if len(chunks) != len(shape):
+        problem = f"{list(chunks)} has {len(chunks)} axes; the data has {len(shape)} ({described})"
+    elif any(size > length for size, length in zip(chunks, shape, strict=True)):
+        problem = f"{list(chunks)} is larger than the data {shape} along an axis ({described})"
+    else:
+        size = math.prod(chunks) * plan.source.dtype.itemsize
+        if size > _MAX_CHUNK_BYTES:
+            problem = f"{list(chunks)} makes chunks of {size} bytes; HDF5 holds less than 4 GiB"
+    if problem is not None:
+        raise ParameterError(problem, parameter="options.emd.chunks", path=plan.source.path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -584,6 +619,46 @@ def _never() -> bool:
     return False
 
 
+def check_conversion(
+    source: str | os.PathLike[str],
+    targets: Sequence[str],
+    options: Mapping[str, Any] | None = None,
+    *,
+    navigation_shape: Sequence[int] | None = None,
+) -> None:
+    """Plan a conversion as :func:`convert_run` would, and refuse what it could not write.
+
+    Nothing is written: the service calls this before it accepts a conversion, so that a
+    request it accepts does not fail later for a reason known now.
+
+    Parameters
+    ----------
+    source
+        Any file of the run.
+    targets
+        Target names (see :data:`TARGETS`).
+    options
+        Options of the targets (see :func:`check_options`).
+    navigation_shape
+        ``(x, y)`` scan shape given by a user: its first line must be filled by the frames
+        (otherwise :func:`convert_run` would write a stack instead); ``None``: inferred.
+
+    Raises
+    ------
+    ParameterError
+        Bad targets or options; a navigation shape whose first line the frames do not fill;
+        EMD chunks of another rank than the data, larger than it or of 4 GiB or more; a shape
+        or frame size a blockfile cannot hold.
+    FormatError, TruncatedError
+        The source is not a readable run, or holds no complete frame.
+    """
+    chosen = parse_targets(targets)
+    checked = check_options(chosen, options)
+    first = run_source(source)
+    plan = _plan(first, navigation_shape, partial_line_stack=navigation_shape is None)
+    _check_targets(plan, chosen, checked)
+
+
 def convert_run(
     source: str | os.PathLike[str],
     targets: Sequence[str],
@@ -592,6 +667,7 @@ def convert_run(
     options: Mapping[str, Any] | None = None,
     navigation_shape: Sequence[int] | None = None,
     relative_to: str | os.PathLike[str] | None = None,
+    tags: Mapping[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Converted:
@@ -610,7 +686,7 @@ def convert_run(
     navigation_shape
         ``(x, y)`` scan shape to use (complete lines of it are kept); ``None`` infers it as
         the offline readers do (see the module documentation).
-    relative_to
+    relative_to, tags
         See :func:`output_paths`.
     progress
         Called with ``(frames_done, frames_total)`` before the first batch and after each.
@@ -641,7 +717,7 @@ def convert_run(
     first = run_source(source)
     plan = _plan(first, navigation_shape)
     _check_targets(plan, chosen, checked)
-    paths = output_paths(first, chosen, output_dir, relative_to=relative_to)
+    paths = output_paths(first, chosen, output_dir, relative_to=relative_to, tags=tags)
     return _convert(
         plan,
         {target: (path, checked[target], {}) for target, path in paths.items()},
@@ -837,6 +913,7 @@ def convert_on_worker(
     options: dict[str, Any] | None = None,
     navigation_shape: list[int] | None = None,
     relative_to: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run :func:`convert_run` as a dask.distributed task.
 
@@ -849,7 +926,7 @@ def convert_on_worker(
     ----------
     job_id
         Identifier of the job, unique on the cluster.
-    source, targets, output_dir, options, navigation_shape, relative_to
+    source, targets, output_dir, options, navigation_shape, relative_to, tags
         As :func:`convert_run`.
 
     Returns
@@ -887,6 +964,7 @@ def convert_on_worker(
         options=options,
         navigation_shape=navigation_shape,
         relative_to=relative_to,
+        tags=tags,
         progress=throttled(report, _WORKER_POLL_S),
         cancelled=cancelled,
     )

@@ -524,10 +524,10 @@ async def start_http(service: Service, address: str) -> web.AppRunner:
     """
     from aiohttp import web
 
-    from stemcast.service.control.api import make_app
+    from stemcast.service.control.api import make_runner
 
     host, port = http_bind_address(address)
-    runner = web.AppRunner(make_app(service), shutdown_timeout=service.settings.shutdown_timeout_s)
+    runner = make_runner(service, shutdown_timeout=service.settings.shutdown_timeout_s)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

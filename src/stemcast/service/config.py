@@ -8,6 +8,7 @@ environment variables ``STEMCAST_<FIELD>`` (lists as JSON, e.g.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -359,11 +360,38 @@ class ServiceSettings(BaseSettings):
             those targets, from the first matching rule, else from ``convert`` and
             ``convert_options``.
         """
-        for rule in self.conversion_rules:
-            if rule.matches(detector, Path(folder)):
-                options = self.convert_options if rule.options is None else rule.options
-                return rule.targets, _checked_options(rule.targets, options)
-        return self.convert, _checked_options(self.convert, self.convert_options)
+        rule = self._rule_for(detector, folder)
+        targets = self.convert if rule is None else rule.targets
+        return targets, self.options_for(detector, folder, targets)
+
+    def options_for(
+        self, detector: str, folder: str | os.PathLike[str], targets: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """Return the options a run's conversion to ``targets`` uses unless told otherwise.
+
+        Parameters
+        ----------
+        detector
+            ``"merlin"`` or ``"tvips"``.
+        folder
+            The folder holding the run's first file.
+        targets
+            The targets converted to.
+
+        Returns
+        -------
+        dict
+            The normalised options of each target: the first matching rule's ``options``,
+            else ``convert_options`` (``{}``: the defaults).
+        """
+        rule = self._rule_for(detector, folder)
+        options = self.convert_options if rule is None or rule.options is None else rule.options
+        return _checked_options(list(targets), options)
+
+    def _rule_for(self, detector: str, folder: str | os.PathLike[str]) -> ConversionRule | None:
+        return next(
+            (rule for rule in self.conversion_rules if rule.matches(detector, Path(folder))), None
+        )
 
     def api_token(self) -> str | None:
         """Return the bearer token of the HTTP API's mutating calls, if one is configured.

@@ -4,7 +4,10 @@ JSON in and out. Reading (``GET``) is open to whoever can reach the address, whi
 loopback by default; every other method needs ``Authorization: Bearer TOKEN`` with the
 configured token, compared in constant time. Without a configured token those calls are
 refused. Errors are ``{"error": "..."}`` with the status that says what kind of problem it
-is (400 bad request, 401 no or wrong token, 403 not allowed, 404 not found, 409 conflict).
+is (400 bad request, 401 no or wrong token, 403 not allowed, 404 not found, 405 method not
+allowed, 409 conflict, 413 body too large), for every request: bodies and queries are checked
+against the models of :mod:`stemcast.service.control.requests` before anything is done, and
+even a message that is not HTTP gets a JSON answer (:func:`make_runner`).
 
 Paths given to ``POST /convert`` are resolved (``os.path.realpath``: symbolic links followed)
 and must lie in a watched folder or one of the ``input_roots``; ``..`` is refused outright.
@@ -17,24 +20,36 @@ registry is SQLite: the handlers read and write it in worker threads, never in t
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from pathlib import PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from stemcast.errors import StemcastError
 from stemcast.service.control import probes
+from stemcast.service.control.requests import (
+    MAX_BODY_BYTES,
+    ConvertPathBody,
+    ConvertRunBody,
+    JobsQuery,
+    RequestError,
+    RunsQuery,
+    parse_body,
+    parse_query,
+)
 from stemcast.service.control.target import ControlTarget
 from stemcast.service.jobs.manager import JobConflict
 from stemcast.service.paths import inside
 from stemcast.service.state.records import JobRecord, JobStatus, RunRecord, RunStatus
 
-__all__ = ["SERVICE", "ApiError", "make_app"]
+__all__ = ["SERVICE", "ApiError", "make_app", "make_runner"]
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +59,11 @@ SERVICE = web.AppKey("service", ControlTarget)
 _READING = frozenset(("GET", "HEAD", "OPTIONS"))
 _DETECTORS = {".mib": "merlin", ".tvips": "tvips"}
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Model = TypeVar("_Model", bound=BaseModel)
+#: Characters of aiohttp's description of a malformed HTTP message kept in the answer.
+_SHOWN = 200
+#: Job fields the API leaves out: internal bookkeeping.
+_INTERNAL = frozenset(("key", "tags", "fingerprints"))
 
 
 class ApiError(Exception):
@@ -81,7 +101,7 @@ def make_app(service: ControlTarget) -> web.Application:
         ``POST /convert``, ``GET /jobs``, ``GET /jobs/{id}``, ``DELETE /jobs/{id}``, and
         the probes ``GET /health``, ``GET /ready``, ``GET /metrics``.
     """
-    app = web.Application(middlewares=[_json_errors, _authorize])
+    app = web.Application(middlewares=[_json_errors, _authorize], client_max_size=MAX_BODY_BYTES)
     app[SERVICE] = service
     app.add_routes(
         [
@@ -98,6 +118,80 @@ def make_app(service: ControlTarget) -> web.Application:
     return app
 
 
+def make_runner(service: ControlTarget, **options: Any) -> web.AppRunner:
+    """Return the runner serving the API of ``service``, JSON errors included.
+
+    Requests that reach the application are answered by its handlers and middlewares; a
+    message aiohttp cannot parse as HTTP (a bad request line, a header line over 8190
+    bytes, a bad chunked body) never does, so the connections of this runner answer those
+    with a JSON error too.
+
+    Parameters
+    ----------
+    service
+        The running service.
+    **options
+        Options of :class:`aiohttp.web.AppRunner` (``shutdown_timeout``...).
+
+    Returns
+    -------
+    aiohttp.web.AppRunner
+        The runner, to ``setup()`` and start a site with.
+    """
+    return _JsonRunner(make_app(service), **options)
+
+
+class _JsonErrorsHandler(web.RequestHandler):
+    """A connection of the API: its own errors (not HTTP, handler timed out) are JSON."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            # The parent logs the traceback and refuses when a response was already sent.
+            super().handle_error(request, status, exc, message)
+            text = f"{HTTPStatus(status).phrase}: the service log has the details"
+        else:
+            if request.writer.output_size > 0:
+                raise ConnectionError("a response was sent already: no room for the error")
+            # What aiohttp found, without the bytes it quotes (they may hold a header's secret).
+            first = (message or HTTPStatus(status).phrase).strip().splitlines()[0]
+            problem = first.split(":", 1)[0][:_SHOWN]
+            # A client's mistake, not the service's: one line, no traceback.
+            _logger.warning("refused a malformed HTTP request from %s: %s", request.remote, problem)
+            text = f"not an HTTP request the API can read: {problem}"
+        response = web.json_response({"error": text}, status=status)
+        response.force_close()
+        return response
+
+
+def _json_connection(server: web.Server) -> web.RequestHandler:
+    """Make a connection of ``server`` whose own errors are JSON.
+
+    The connection is made by the server, with its settings, then takes the class that
+    answers errors in JSON (it adds no state, only that method).
+    """
+    handler = server()
+    handler.__class__ = _JsonErrorsHandler
+    return handler
+
+
+class _JsonRunner(web.AppRunner):
+    """An application runner whose sites make :class:`_JsonErrorsHandler` connections."""
+
+    @property
+    def server(self) -> Any:
+        """The factory of the connections, for the sites (``None`` before ``setup()``)."""
+        made = super().server
+        return None if made is None else functools.partial(_json_connection, made)
+
+
 @web.middleware
 async def _json_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
     try:
@@ -106,18 +200,35 @@ async def _json_errors(request: web.Request, handler: _Handler) -> web.StreamRes
         return web.json_response(
             {"error": error.message}, status=error.status, headers=error.headers
         )
+    except RequestError as error:
+        return web.json_response({"error": str(error)}, status=400)
     except JobConflict as error:
         return web.json_response({"error": str(error)}, status=409)
     except StemcastError as error:
         return web.json_response({"error": str(error)}, status=400)
     except FileNotFoundError as error:
         return web.json_response({"error": f"{error.filename}: no such file"}, status=404)
+    except PermissionError as error:
+        return web.json_response({"error": f"{error.filename}: cannot be read"}, status=403)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        return web.json_response({"error": f"{error.filename}: {reason}"}, status=400)
     except web.HTTPException as error:
         if error.status < 400:
             raise
         headers = {name: value for name, value in error.headers.items() if name == "Allow"}
-        message = f"{error.reason}: {request.method} {request.path}"
+        if isinstance(error, web.HTTPRequestEntityTooLarge):
+            message = f"the body is larger than {MAX_BODY_BYTES} bytes"
+        else:
+            message = f"{error.reason}: {request.method} {request.path}"
         return web.json_response({"error": message}, status=error.status, headers=headers)
+    except Exception as error:
+        # A bug, not a bad request: said in JSON all the same, with the details in the log.
+        _logger.exception("%s %s failed", request.method, request.path)
+        return web.json_response(
+            {"error": f"internal error ({type(error).__name__}): the service log has the details"},
+            status=500,
+        )
 
 
 @web.middleware
@@ -143,8 +254,8 @@ async def _authorize(request: web.Request, handler: _Handler) -> web.StreamRespo
 async def list_runs(request: web.Request) -> web.Response:
     """``GET /runs[?status=S&limit=N]``: recorded runs, newest first."""
     registry = request.app[SERVICE].registry
-    status, limit = request.query.get("status"), _limit(request)
-    runs = await asyncio.to_thread(registry.runs, status=status, limit=limit)
+    query = _query(request, RunsQuery)
+    runs = await asyncio.to_thread(registry.runs, status=query.status, limit=query.limit)
     return web.json_response({"runs": runs})
 
 
@@ -160,7 +271,7 @@ async def convert_run(request: web.Request) -> web.Response:
     """``POST /runs/{id}/convert``: convert a run that has ended."""
     service = request.app[SERVICE]
     run = await _run(service, request.match_info["run_id"])
-    body = await _body(request, {"targets", "options", "navigation_shape"})
+    body = await _body(request, ConvertRunBody)
     if run["status"] is RunStatus.FOLLOWING:
         raise ApiError(409, f"run {run['id']} is still being followed: convert it once it ends")
     if run["status"] not in (RunStatus.COMPLETE, RunStatus.INTERRUPTED):
@@ -183,7 +294,7 @@ async def convert_run(request: web.Request) -> web.Response:
         run["detector"],
         body,
         run_id=run["id"],
-        navigation_shape=shape,
+        run_shape=shape,
         relative_to=run["watch_root"],
     )
 
@@ -191,10 +302,8 @@ async def convert_run(request: web.Request) -> web.Response:
 async def convert_path(request: web.Request) -> web.Response:
     """``POST /convert``: convert a finished run given by the path of one of its files."""
     service = request.app[SERVICE]
-    body = await _body(request, {"path", "targets", "options", "navigation_shape"})
-    text = body.get("path")
-    if not isinstance(text, str) or not text:
-        raise ApiError(400, "give the run's file as 'path' (a string)")
+    body = await _body(request, ConvertPathBody)
+    text = body.path
     path, root = _confine(text, service.roots())
     if not os.path.isfile(path):
         raise ApiError(400, f"{text}: not a file")
@@ -203,17 +312,15 @@ async def convert_path(request: web.Request) -> web.Response:
         raise ApiError(400, f"{text}: not a Merlin .mib or TVIPS .tvips file")
     if service.following(path):
         raise ApiError(409, f"{text}: the service is following this run; wait for its end")
-    return await _request(service, path, detector, body, navigation_shape=None, relative_to=root)
+    return await _request(service, path, detector, body, run_shape=None, relative_to=root)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
     """``GET /jobs[?status=S&run_id=ID&limit=N]``: conversion jobs, newest first."""
     registry = request.app[SERVICE].registry
+    query = _query(request, JobsQuery)
     jobs = await asyncio.to_thread(
-        registry.jobs,
-        status=request.query.get("status"),
-        run_id=request.query.get("run_id"),
-        limit=_limit(request),
+        registry.jobs, status=query.status, run_id=query.run_id, limit=query.limit
     )
     return web.json_response({"jobs": [job_view(job) for job in jobs]})
 
@@ -250,11 +357,11 @@ def job_view(job: JobRecord) -> dict[str, Any]:
     Returns
     -------
     dict
-        Its fields without the internal dedupe key, ``frames_done`` and ``frames_total``
-        moved under ``progress`` with the ``fraction`` done (0 to 1, ``None`` while the
-        number of frames is unknown).
+        Its fields without the internal ones (dedupe key, output tags and fingerprints),
+        ``frames_done`` and ``frames_total`` moved under ``progress`` with the ``fraction``
+        done (0 to 1, ``None`` while the number of frames is unknown).
     """
-    view: dict[str, Any] = {name: value for name, value in job.items() if name != "key"}
+    view: dict[str, Any] = {name: value for name, value in job.items() if name not in _INTERNAL}
     done, total = view.pop("frames_done"), view.pop("frames_total")
     fraction = None if not total else round(min(done / total, 1.0), 4)
     view["progress"] = {"frames_done": done, "frames_total": total, "fraction": fraction}
@@ -265,39 +372,36 @@ async def _request(
     service: ControlTarget,
     path: str,
     detector: str,
-    body: dict[str, Any],
+    body: ConvertRunBody,
     *,
     run_id: str | None = None,
-    navigation_shape: list[int] | None,
+    run_shape: list[int] | None,
     relative_to: str | None,
 ) -> web.Response:
     """Ask the jobs for a conversion; the configured one when the body names no targets."""
     from stemcast.convert.options import parse_targets
 
     settings = service.settings
-    targets = body.get("targets")
-    if targets is None:
-        targets, options = settings.conversion_for(detector, os.path.dirname(path))
+    folder = os.path.dirname(path)
+    targets: str | list[str]
+    if body.targets is None:
+        targets, options = settings.conversion_for(detector, folder)
         if not targets:
             raise ApiError(
                 400, "no targets: give 'targets' (emd, blockfile); none is configured for this run"
             )
     else:
-        chosen = parse_targets(targets)
-        options = {
-            name: settings.convert_options[name]
-            for name in chosen
-            if name in settings.convert_options
-        }
-    options = body.get("options", options)
-    if options is not None and not isinstance(options, dict):
-        raise ApiError(400, "'options' must be an object: {target: {option: value}}")
+        targets = body.targets
+        options = settings.options_for(detector, folder, parse_targets(targets))
+    if body.options is not None:
+        options = body.options.model_dump(exclude_unset=True)
     job, created = await service.jobs.request(
         path,
         targets,
         options,
         run_id=run_id,
-        navigation_shape=body.get("navigation_shape", navigation_shape),
+        navigation_shape=body.navigation_shape,
+        run_shape=run_shape,
         relative_to=relative_to,
     )
     return web.json_response(
@@ -314,31 +418,13 @@ async def _run(service: ControlTarget, run_id: str) -> RunRecord:
     return run
 
 
-async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ApiError(400, f"the body is not JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(
-            400, f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(allowed))}"
-        )
-    return body
+async def _body(request: web.Request, model: type[_Model]) -> _Model:
+    """Read and check a request body (at most ``MAX_BODY_BYTES``: 413 beyond)."""
+    return parse_body(await request.read(), model)
 
 
-def _limit(request: web.Request) -> int | None:
-    text = request.query.get("limit")
-    if text is None:
-        return None
-    if not text.isdigit():
-        raise ApiError(400, f"limit={text!r} is not a count")
-    return int(text)
+def _query(request: web.Request, model: type[_Model]) -> _Model:
+    return parse_query(request.query, list(request.query.items()), model)
 
 
 def _confine(text: str, roots: list[str]) -> tuple[str, str]:

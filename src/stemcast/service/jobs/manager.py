@@ -9,7 +9,15 @@ Two requests are the same conversion when they name the same run (its first file
 its files have the same sizes and modification times, and the targets, options, output root,
 scan shape and mirrored folder are the same: the second request gets the first job back
 instead of a new one, unless that job failed or was cancelled, or it is done but one of its
-outputs has since gone.
+outputs is no longer the file it wrote (gone, or replaced: the job keeps each output's device,
+inode, size and modification time).
+
+Jobs of one run never share an output file unless they write the same thing: an output
+whose options differ from the run's usual ones (its conversion rule's, else
+``convert_options``), or whose scan shape is not the run's own, is tagged with a short hash
+of them (``scan.1f2e3d4c.emd``); the usual conversion keeps ``scan.emd``. A request is
+planned as its conversion will be (:func:`stemcast.convert.run.check_conversion`) before it
+is recorded, so a job accepted does not fail later for a reason known at the request.
 
 Conversions run in a pool of ``convert_workers`` worker processes
 (:mod:`stemcast.service.jobs.worker`: a crash fails the job, not the service, and a conversion
@@ -36,7 +44,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from stemcast.errors import ParameterError, StemcastError
-from stemcast.formats.runs import open_run, run_source
+from stemcast.formats.runs import open_run, run_kind, run_source
 from stemcast.service.config import ServiceSettings
 from stemcast.service.jobs.live import LiveJob, RunNotConverted, convert_live_in_worker
 from stemcast.service.jobs.worker import JobControl, WorkerDied, convert_in_worker, worker_pool
@@ -143,6 +151,7 @@ class JobManager:
         *,
         run_id: str | None = None,
         navigation_shape: Sequence[int] | None = None,
+        run_shape: Sequence[int] | None = None,
         relative_to: str | os.PathLike[str] | None = None,
     ) -> tuple[JobRecord, bool]:
         """Ask for a conversion; the same conversion asked twice is one job.
@@ -158,7 +167,11 @@ class JobManager:
         run_id
             The run the file belongs to, if the service followed it.
         navigation_shape
-            ``(x, y)`` scan shape to write; inferred from the run when ``None``.
+            ``(x, y)`` scan shape asked for: the frames must fill its first line. When
+            ``None``, ``run_shape``, else the shape inferred from the run's files.
+        run_shape
+            ``(x, y)`` scan shape the service found for the run, if it followed it: a job
+            writing it keeps the usual output names.
         relative_to
             The watched folder or input root holding the run: outputs go to
             ``OUTPUT/<its name>/<sub-folders of the run>/``, so that runs of the same name in
@@ -173,11 +186,15 @@ class JobManager:
         Raises
         ------
         ParameterError
-            When no output root is configured, or the targets, options or scan shape are bad.
+            When no output root is configured, or the targets, options or scan shape are bad,
+            or the conversion could not write the run as asked (EMD chunks that do not fit the
+            data, a scan whose first line the frames do not fill, a shape or frame size a
+            blockfile cannot hold).
         FormatError
             When ``source`` is not a file of a Merlin or TVIPS run.
         """
         from stemcast.convert.options import check_options, parse_targets
+        from stemcast.convert.run import check_conversion
 
         if self.settings.output is None:
             raise ParameterError(
@@ -186,10 +203,14 @@ class JobManager:
             )
         chosen = list(parse_targets(targets))
         normalized = check_options(chosen, options)
-        shape = _navigation_shape(navigation_shape)
+        asked = _navigation_shape(navigation_shape)
+        usual_shape = _navigation_shape(run_shape)
+        shape = asked or usual_shape
         output_dir = os.path.realpath(self.settings.output)
         mirrored = None if relative_to is None else os.path.dirname(os.path.realpath(relative_to))
-        first, files = await asyncio.to_thread(_describe, source)
+        first, files, detector = await asyncio.to_thread(_describe, source)
+        usual = self.settings.options_for(detector, os.path.dirname(first), chosen)
+        tags = _tags(normalized, usual, None if asked == usual_shape else asked)
         key = _job_key(
             {
                 "source": first,
@@ -199,7 +220,14 @@ class JobManager:
                 "output_dir": output_dir,
                 "navigation_shape": shape,
                 "relative_to": mirrored,
+                "tags": tags,
             }
+        )
+        existing = await asyncio.to_thread(self._existing, key)
+        if existing is not None:
+            return existing, False
+        await asyncio.to_thread(
+            check_conversion, first, chosen, normalized, navigation_shape=asked or usual_shape
         )
         add = functools.partial(
             self.registry.add_job,
@@ -212,6 +240,7 @@ class JobManager:
             output_dir=output_dir,
             navigation_shape=shape,
             relative_to=mirrored,
+            tags=tags,
         )
         job, created = await asyncio.to_thread(self._find_or_add, key, add)
         if not created:
@@ -220,6 +249,17 @@ class JobManager:
         self._queue.put_nowait(job["id"])
         return job, True
 
+    def _existing(self, key: str) -> JobRecord | None:
+        """Return the job with ``key`` that is queued, running, or done with its outputs intact.
+
+        Blocking (registry, file system): runs in a worker thread.
+        """
+        with self._transition:
+            existing = self.registry.job_by_key(key)
+            if existing is None or _outputs_changed(existing):
+                return None
+            return existing
+
     def _find_or_add(self, key: str, add: Callable[[], JobRecord]) -> tuple[JobRecord, bool]:
         """Return the live job with ``key`` and ``False``, or the one ``add`` records and ``True``.
 
@@ -227,7 +267,7 @@ class JobManager:
         """
         with self._transition:
             existing = self.registry.job_by_key(key)
-            if existing is not None and not _outputs_gone(existing):
+            if existing is not None and not _outputs_changed(existing):
                 return existing, False
             return add(), True
 
@@ -300,6 +340,7 @@ class JobManager:
             output_dir=output_dir,
             navigation_shape=None,
             relative_to=mirrored,
+            tags={},
         )
         job = await asyncio.to_thread(self._take_live, run_id, add)
         control = JobControl()
@@ -461,13 +502,15 @@ class JobManager:
             )
         else:
             outputs = result["outputs"]
+            fingerprints = await asyncio.to_thread(_fingerprints, outputs)
             job = await asyncio.to_thread(
                 update,
                 job_id,
                 status=JobStatus.DONE,
                 frames_done=result["frames"],
                 frames_total=result["frames"],
-                outputs=result["outputs"],
+                outputs=outputs,
+                fingerprints=fingerprints,
                 bytes_written=result["bytes_written"],
                 navigation_shape=job["navigation_shape"] or result["navigation_shape"],
             )
@@ -505,6 +548,7 @@ class JobManager:
                     options=job["options"],
                     navigation_shape=_shape_tuple(job["navigation_shape"]),
                     relative_to=job["relative_to"],
+                    tags=job["tags"],
                 )
             )
             while True:
@@ -588,6 +632,7 @@ class JobManager:
             options=job["options"],
             navigation_shape=job["navigation_shape"],
             relative_to=job["relative_to"],
+            tags=job["tags"],
             pure=False,
         )
         waiting: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(future)
@@ -634,15 +679,15 @@ async def _connect(address: str) -> Any:
         ) from None
 
 
-def _describe(source: str | os.PathLike[str]) -> tuple[str, list[list[Any]]]:
-    """Return the run's first file (resolved) and ``[file, size, mtime_ns]`` of its files."""
+def _describe(source: str | os.PathLike[str]) -> tuple[str, list[list[Any]], str]:
+    """Return the run's first file (resolved), ``[file, size, mtime_ns]`` per file, detector."""
     first = os.path.realpath(run_source(source))
-    files = open_run(first).files
+    run = open_run(first)
     described = []
-    for name in files:
+    for name in run.files:
         status = os.stat(name)
         described.append([os.path.realpath(name), status.st_size, status.st_mtime_ns])
-    return first, described
+    return first, described, "merlin" if run_kind(first) == "mib" else "tvips"
 
 
 def _job_key(fields: dict[str, Any]) -> str:
@@ -661,8 +706,60 @@ def _shape_tuple(shape: list[int] | None) -> tuple[int, int] | None:
     return None if shape is None else (shape[0], shape[1])
 
 
-def _outputs_gone(job: JobRecord) -> bool:
-    """Whether a done job's outputs are no longer all there (so it must run again)."""
+def _tags(
+    options: Mapping[str, Mapping[str, Any]],
+    usual: Mapping[str, Mapping[str, Any]],
+    shape: list[int] | None,
+) -> dict[str, str]:
+    """Tag the targets whose output differs from the run's usual one (see the module doc).
+
+    Parameters
+    ----------
+    options
+        Normalised options of each requested target.
+    usual
+        Normalised options the run's conversion uses for these targets by default.
+    shape
+        The scan shape asked for when it is not the run's own, else ``None``.
+
+    Returns
+    -------
+    dict
+        Target -> the first 8 hex digits of the SHA-256 of its options and ``shape``, for the
+        targets with other options than the usual ones, or all of them when ``shape`` is set.
+    """
+    return {
+        target: _job_key({"options": given, "navigation_shape": shape})[:8]
+        for target, given in options.items()
+        if shape is not None or given != usual.get(target, {})
+    }
+
+
+def _fingerprint(path: str) -> list[int] | None:
+    """``[device, inode, size, mtime_ns]`` of a file, ``None`` when it is not there."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns]
+
+
+def _fingerprints(outputs: Mapping[str, str]) -> dict[str, list[int] | None]:
+    """Return what identifies each output file a job wrote (taken when it is done)."""
+    return {target: _fingerprint(path) for target, path in outputs.items()}
+
+
+def _outputs_changed(job: JobRecord) -> bool:
+    """Whether a done job's outputs are not all the files it wrote (so it must run again).
+
+    An output that is gone, or was replaced or rewritten since (another device, inode, size
+    or modification time), changed; so did every output of a job done before the registry
+    kept fingerprints.
+    """
     if job["status"] is not JobStatus.DONE:
         return False
-    return not all(os.path.exists(path) for path in job["outputs"].values())
+    kept = job["fingerprints"] or {}
+    return any(
+        kept.get(target) is None or _fingerprint(path) != kept[target]
+        for target, path in job["outputs"].items()
+    )

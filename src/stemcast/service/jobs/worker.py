@@ -124,6 +124,7 @@ def convert_in_worker(
     options: dict[str, Any] | None = None,
     navigation_shape: tuple[int, int] | None = None,
     relative_to: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Convert a run in a worker process, reporting to and obeying the control folder.
 
@@ -131,7 +132,7 @@ def convert_in_worker(
     ----------
     control
         The job's control folder (:attr:`JobControl.folder`).
-    source, targets, output_dir, options, navigation_shape, relative_to
+    source, targets, output_dir, options, navigation_shape, relative_to, tags
         As :func:`stemcast.convert.run.convert_run`.
 
     Returns
@@ -154,6 +155,7 @@ def convert_in_worker(
         options=options,
         navigation_shape=navigation_shape,
         relative_to=relative_to,
+        tags=tags,
         progress=throttled(report, _PROGRESS_INTERVAL_S),
         cancelled=cancel.exists,
     )

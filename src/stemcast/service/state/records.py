@@ -81,8 +81,10 @@ class RunRecord(TypedDict):
 class JobRecord(TypedDict):
     """A conversion job as the registry returns it.
 
-    See :meth:`~stemcast.service.state.registry.Registry.add_job` for the fields. ``key``
-    is internal (the HTTP API leaves it out); ``duration_s`` is computed, not stored.
+    See :meth:`~stemcast.service.state.registry.Registry.add_job` and
+    :meth:`~stemcast.service.state.registry.Registry.update_job` for the fields. ``key``,
+    ``tags`` and ``fingerprints`` are internal (the HTTP API leaves them out); ``duration_s``
+    is computed, not stored.
     """
 
     id: str
@@ -103,4 +105,6 @@ class JobRecord(TypedDict):
     created_at: str
     started_at: str | None
     ended_at: str | None
+    tags: dict[str, str]
+    fingerprints: dict[str, list[int] | None] | None
     duration_s: float | None

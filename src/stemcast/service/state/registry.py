@@ -5,7 +5,8 @@ restarted service resumes unfinished conversions, does not redo finished ones an
 re-publish finished runs. The file uses a write-ahead log with ``synchronous=NORMAL``: a
 committed row survives the process being killed at any moment (only a power cut can lose the
 last transactions, never corrupt the file). The schema version is kept in ``PRAGMA
-user_version``.
+user_version``; a registry of an older version is migrated when it is opened (version 2 added
+the jobs' output ``tags`` and the ``fingerprints`` of their outputs).
 
 The API is synchronous and blocking, for the command line and tests; the service's async code
 calls it in worker threads (``asyncio.to_thread``), never in the event loop. One connection
@@ -46,10 +47,10 @@ _JOB_UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 _Status = TypeVar("_Status", RunStatus, JobStatus)
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_MS = 5000
 _RUN_JSON = frozenset(("sources", "frame_shape", "nav_shape", "nav_shape_intended"))
-_JOB_JSON = frozenset(("targets", "options", "navigation_shape", "outputs"))
+_JOB_JSON = frozenset(("targets", "options", "navigation_shape", "outputs", "tags", "fingerprints"))
 
 # The autoincrement ``seq`` keeps insertion order: timestamps of two rows can tie.
 _SCHEMA = """
@@ -94,12 +95,21 @@ CREATE TABLE jobs (
     error TEXT,
     created_at TEXT NOT NULL,
     started_at TEXT,
-    ended_at TEXT
+    ended_at TEXT,
+    tags TEXT NOT NULL DEFAULT '{}',
+    fingerprints TEXT
 );
 CREATE INDEX jobs_by_key ON jobs (key);
 CREATE INDEX jobs_by_status ON jobs (status);
 CREATE INDEX jobs_by_run ON jobs (run_id);
 """
+#: The statements that take a registry from each version to the next.
+_MIGRATIONS = {
+    1: """
+ALTER TABLE jobs ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE jobs ADD COLUMN fingerprints TEXT;
+""",
+}
 
 
 def default_registry_path() -> Path:
@@ -186,19 +196,28 @@ class Registry:
             )
         if version == _SCHEMA_VERSION:
             return
-        tables = self._connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'"
-        ).fetchall()
-        if tables:
-            names = ", ".join(sorted(row["name"] for row in tables))
-            raise FormatError(
-                f"an SQLite file of another application (tables: {names}), not a stemcast registry",
-                path=self.path,
-            )
-        for statement in _SCHEMA.split(";"):
+        if version == 0:
+            tables = self._connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            ).fetchall()
+            if tables:
+                names = ", ".join(sorted(row["name"] for row in tables))
+                raise FormatError(
+                    f"an SQLite file of another application (tables: {names}), "
+                    "not a stemcast registry",
+                    path=self.path,
+                )
+            self._execute(_SCHEMA)
+        else:
+            for step in range(version, _SCHEMA_VERSION):
+                self._execute(_MIGRATIONS[step])
+        self._connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    def _execute(self, script: str) -> None:
+        """Run the statements of ``script`` in the open transaction."""
+        for statement in script.split(";"):
             if statement.strip():
                 self._connection.execute(statement)
-        self._connection.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Close the file; the registry cannot be used afterwards."""
@@ -417,6 +436,7 @@ class Registry:
         output_dir: str,
         navigation_shape: list[int] | None,
         relative_to: str | None,
+        tags: dict[str, str] | None = None,
     ) -> JobRecord:
         """Record a conversion job (status ``queued``).
 
@@ -440,6 +460,9 @@ class Registry:
             The scan shape to write, if not the inferred one.
         relative_to
             The folder whose layout is mirrored under ``output_dir``, if any.
+        tags
+            Target -> the tag in its output's name (``scan.TAG.emd``), for the targets
+            that have one.
 
         Returns
         -------
@@ -461,6 +484,7 @@ class Registry:
             "output_dir": output_dir,
             "navigation_shape": _encode(navigation_shape, "navigation_shape"),
             "relative_to": relative_to,
+            "tags": _encode(tags or {}, "tags"),
             "status": JobStatus.QUEUED,
             "created_at": _now(),
         }
@@ -517,6 +541,7 @@ class Registry:
         frames_done: int | None = None,
         frames_total: int | None = None,
         outputs: dict[str, str] | None = None,
+        fingerprints: dict[str, list[int] | None] | None = None,
         bytes_written: int | None = None,
         error: str | None = None,
         navigation_shape: list[int] | None = None,
@@ -539,6 +564,10 @@ class Registry:
             Frames to convert.
         outputs
             Target format -> output file written.
+        fingerprints
+            Target format -> ``[device, inode, size, mtime_ns]`` of its output when the job
+            wrote it (``None`` if it could not be read): a done job counts only while its
+            outputs are still these files.
         bytes_written
             Bytes written to the outputs so far.
         error
@@ -563,6 +592,7 @@ class Registry:
             "frames_done": _count(frames_done, "frames_done"),
             "frames_total": _count(frames_total, "frames_total"),
             "outputs": _encode(outputs, "outputs"),
+            "fingerprints": _encode(fingerprints, "fingerprints"),
             "bytes_written": _count(bytes_written, "bytes_written"),
             "error": error,
             "navigation_shape": _encode(navigation_shape, "navigation_shape"),
