@@ -148,10 +148,12 @@ def test_a_corrupt_frame_fails_the_run_after_its_valid_frames_are_published(
     np.testing.assert_array_equal(np.stack(series.frames), expected.reshape(64, 32, 32)[:20])
     [row] = runs(service)
     assert (row["status"], row["frames"], row["reason"]) == ("failed", 20, series.end["reason"])
+    # A conversion request is told how the run ended, not that it is still followed.
     status, body = call(
-        "POST", f"{service.http}/convert", {"path": "stamp.mib", "targets": ["emd"]}, token=TOKEN
+        "POST", f"{service.http}/runs/{row['id']}/convert", {"targets": ["emd"]}, token=TOKEN
     )
-    assert status == 202, body
+    assert status == 409
+    assert f"run {row['id']} is failed" in body["error"]
     assert service.process.poll() is None
 
 
