@@ -3,7 +3,9 @@
 At start-up the service opens its registry, resumes the runs its predecessor was following
 when it stopped or was killed (same series id, read again from their files; a run whose
 files are gone is marked abandoned), leaves alone every file of a run that has already ended
-(a restart never re-publishes a run), and takes up the conversion jobs left unfinished.
+(a restart never re-publishes a run; another file under its name is a new run), and takes
+up the conversion jobs left unfinished. Nothing a file or folder holds stops the service: a
+file that cannot be opened is told once and left out, a run that fails ends ``failed``.
 Each run with automatic conversion targets is converted while it is acquired (a live job,
 :mod:`stemcast.service.jobs.live`). SIGTERM stops the HTTP API, stops the conversions (a
 running one is cancelled and stays queued for the next start), lets each run finish its
