@@ -114,7 +114,7 @@ class Service:
         self.folders = WatchFolders(settings.watch)
         #: Files not to open again, with what each was when last looked at (``None``: a
         #: run that ended before this start, not looked at yet). Another file under the
-        #: same name (a new inode, a smaller size) is a new run.
+        #: same name (a new inode, a smaller size, another start) is a new run.
         self.seen: dict[str, FileIdentity | None] = dict.fromkeys(finished)
         self.pending: dict[str, _Waiting] = {}
         publisher.data.recall = self.recall
