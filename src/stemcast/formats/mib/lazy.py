@@ -129,7 +129,9 @@ def read_frames(
     return out.reshape(*nav_shape, *layout.frame_shape)
 
 
-def in_blocks(count: int, per_block: int, work: Callable[[int, int], None]) -> None:
+def in_blocks(
+    count: int, per_block: int, work: Callable[[int, int], None], *, threads: int | None = None
+) -> None:
     """Call ``work(start, stop)`` for consecutive blocks of ``range(count)``, one thread per core.
 
     Parameters
@@ -140,12 +142,14 @@ def in_blocks(count: int, per_block: int, work: Callable[[int, int], None]) -> N
         Items per block (the last block may be shorter).
     work
         Called once per block, from a pool thread; it should release the GIL (numpy does).
+    threads
+        Most blocks worked on at once (default: one per core).
     """
 
     def run_block(start: int) -> None:
         work(start, min(start + per_block, count))
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         list(pool.map(run_block, range(0, count, max(per_block, 1))))
 
 

@@ -98,9 +98,12 @@ def make_app(service: ControlTarget) -> web.Application:
     -------
     aiohttp.web.Application
         Routes ``GET /runs``, ``GET /runs/{id}``, ``POST /runs/{id}/convert``,
-        ``POST /convert``, ``GET /jobs``, ``GET /jobs/{id}``, ``DELETE /jobs/{id}``, and
-        the probes ``GET /health``, ``GET /ready``, ``GET /metrics``.
+        ``POST /convert``, ``GET /jobs``, ``GET /jobs/{id}``, ``DELETE /jobs/{id}``, the
+        probes ``GET /health``, ``GET /ready``, ``GET /metrics``, and the live viewer at
+        ``GET /`` (:mod:`stemcast.service.viewer`).
     """
+    from stemcast.service.viewer.routes import add_viewer
+
     app = web.Application(middlewares=[_json_errors, _authorize], client_max_size=MAX_BODY_BYTES)
     app[SERVICE] = service
     app.add_routes(
@@ -115,6 +118,7 @@ def make_app(service: ControlTarget) -> web.Application:
             *probes.routes(service),
         ]
     )
+    add_viewer(app, service)
     return app
 
 
