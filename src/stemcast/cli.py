@@ -268,7 +268,6 @@ def _simulate(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {
         "name": args.name,
         "scan_shape": args.scan,
-        "frame_size": args.frame_size,
         "fps": args.fps,
         "interrupt_after": args.interrupt_after,
         "flyback_frames": args.flyback_frames,
@@ -287,6 +286,7 @@ def _simulate(args: argparse.Namespace) -> int:
             raise ParameterError(f"{', '.join(used)}: TVIPS options", parameter="format")
         paths = simulate_mib(
             args.directory,
+            frame_size=args.frame_size,
             counter_depth=args.depth,
             quad=args.quad,
             raw=args.raw,
@@ -300,6 +300,7 @@ def _simulate(args: argparse.Namespace) -> int:
             raise ParameterError("--quad and --raw are Merlin options", parameter="format")
         paths = simulate_tvips(
             args.directory,
+            frame_size=256 if args.frame_size is None else args.frame_size,
             bits=args.depth,
             max_file_size=args.max_file_size,
             scan_engine=args.scan_engine,
@@ -346,6 +347,14 @@ def _subscribe(args: argparse.Namespace) -> int:
     with Subscriber(
         args.endpoint, start=start, preview=args.preview, timeout_s=args.timeout
     ) as subscriber:
+        patience = 1.0 if args.timeout is None else min(1.0, args.timeout)
+        if not subscriber.socket.poll(round(patience * 1000)):
+            print(
+                f"stemcast subscribe: nothing yet from {args.endpoint}: waiting for the service "
+                "to answer, or for its next run (Ctrl-C stops)",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             for event in subscriber:
                 if args.json:
@@ -436,6 +445,11 @@ def _demo(args: argparse.Namespace) -> int:
         code = asyncio.run(_live_demo(args, directory, Path(scratch)))
         if args.directory:
             print(f"\nThe acquisition and its conversions stay in {directory}.")
+        else:
+            print(
+                f"\nThe acquisition and its conversions in {directory} are deleted now; "
+                "give --directory DIR to keep them."
+            )
     return code
 
 
@@ -801,7 +815,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("directory", type=Path, metavar="DIR", help="where to write")
     simulate.add_argument("--format", choices=("mib", "tvips"), default="mib")
     simulate.add_argument("--scan", type=_scan, default=(16, 16), metavar="XxY", help="scan size")
-    simulate.add_argument("--frame-size", type=int, default=256, help="frame side in pixels")
+    simulate.add_argument(
+        "--frame-size", type=int, help="frame side in pixels (default 256; 512 with --quad)"
+    )
     simulate.add_argument(
         "--depth",
         type=int,

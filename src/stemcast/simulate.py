@@ -218,7 +218,7 @@ def simulate_mib(
     *,
     name: str = "scan",
     scan_shape: tuple[int, int] = (16, 16),
-    frame_size: int = 256,
+    frame_size: int | None = None,
     counter_depth: int = 12,
     quad: bool = False,
     raw: bool = False,
@@ -244,7 +244,8 @@ def simulate_mib(
     scan_shape
         ``(x, y)`` scan size (without fly-back frames).
     frame_size
-        Frame side in pixels: 256 for a single chip, 512 for a quad.
+        Frame side in pixels; by default 256 for a single chip, 512 for a quad (its only
+        width).
     counter_depth
         1, 6, 12 or 24 bits.
     quad, raw
@@ -277,7 +278,8 @@ def simulate_mib(
     total = width * scan_shape[1]
     interval = 1.0 / fps if fps > 0 else 0.001
     start = start_time
-    frame_shape = (frame_size, frame_size)
+    side = frame_size if frame_size is not None else 512 if quad else 256
+    frame_shape = (side, side)
     common: dict[str, Any] = {
         "frame_shape": frame_shape,
         "counter_depth": counter_depth,

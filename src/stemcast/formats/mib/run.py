@@ -163,7 +163,9 @@ class MibRun(Source):
     hdr: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, follow_siblings: bool = True) -> MibRun:
+    def open(
+        cls, path: str | os.PathLike[str], *, follow_siblings: bool = True, hdr: bool = True
+    ) -> MibRun:
         """Open the run that ``path`` belongs to.
 
         Parameters
@@ -174,6 +176,9 @@ class MibRun(Source):
             Whether to look for the other files of a run split over several files
             (``NAME1.mib``, ``NAME2.mib``, ...): those whose first frame continues the
             sequence numbers of the previous one, with the same layout.
+        hdr
+            Whether to read the run's ``.hdr``; without it the run has none (the live
+            service reads it itself, again until it parses: the camera may write it late).
 
         Returns
         -------
@@ -193,14 +198,13 @@ class MibRun(Source):
             first = header if member == path else read_first_header(member)
             frames = os.path.getsize(member) // layout.record_size
             segments.append(MibSegment(member, frames, first.sequence_number))
-        hdr_path = find_hdr(paths[0])
-        hdr = read_hdr(hdr_path) if hdr_path is not None else {}
+        hdr_path = find_hdr(paths[0]) if hdr else None
         run = cls(
             tuple(segments),
             layout,
             read_first_header(paths[0]),
             os.fspath(hdr_path) if hdr_path is not None else None,
-            hdr,
+            read_hdr(hdr_path) if hdr_path is not None else {},
         )
         run.check_last_record()
         return run
@@ -217,7 +221,7 @@ class MibRun(Source):
         Returns
         -------
         MibRun
-            The run as it is now (``self`` when nothing changed).
+            The run as it is now (``self`` when nothing changed), with the ``.hdr`` it had.
         """
         last = self.segments[-1]
         frames = os.path.getsize(last.path) // self.layout.record_size
@@ -232,7 +236,7 @@ class MibRun(Source):
             )
         if not siblings or not _TRAILING_DIGITS.match(Path(self.path).stem):
             return self
-        now = MibRun.open(self.path)
+        now = replace(MibRun.open(self.path, hdr=False), hdr_path=self.hdr_path, hdr=self.hdr)
         known = [segment.path for segment in self.segments]
         if now.layout != self.layout or [s.path for s in now.segments[: len(known)]] != known:
             raise FormatError(

@@ -46,6 +46,7 @@ from stemcast.service.control.requests import (
 )
 from stemcast.service.control.target import ControlTarget
 from stemcast.service.jobs.manager import JobConflict
+from stemcast.service.paths import inside
 from stemcast.service.state.records import JobRecord, JobStatus, RunRecord, RunStatus
 
 __all__ = ["SERVICE", "ApiError", "make_app", "make_runner"]
@@ -460,7 +461,7 @@ def _confine(text: str, roots: list[str]) -> tuple[str, str]:
         if not os.path.lexists(candidate) and len(candidates) > 1:
             continue
         real = os.path.realpath(candidate)
-        root = next((root for root in roots if _inside(real, root)), None)
+        root = next((root for root in roots if inside(real, root)), None)
         if root is None:
             raise ApiError(
                 403,
@@ -470,7 +471,3 @@ def _confine(text: str, roots: list[str]) -> tuple[str, str]:
             raise ApiError(404, f"{text}: no such file")
         return real, root
     raise ApiError(404, f"{text}: no such file in the watch folders or input_roots")
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
