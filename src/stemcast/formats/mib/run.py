@@ -496,21 +496,13 @@ class MibRun(Source):
         FormatError
             Naming the file and the offset of the first header without a valid timestamp.
         """
-        parts = []
-        while start < stop:
-            index, local = self._locate(start)
-            segment = self.segments[index]
-            last = min(stop, start + segment.frames - local)
-            parts.append(
-                timestamps_ns(
-                    self.headers(start, last),
-                    path=segment.path,
-                    offset=local * self.record_size,
-                    stride=self.record_size,
-                )
-            )
-            start = last
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        return timestamps_ns(self.headers(start, stop), locate=lambda i: self.locate(start + i))
+
+    def locate(self, frame: int) -> tuple[str, int]:
+        """Return the file of frame ``frame`` of the run and the offset of its record."""
+        index, local = self._locate(frame)
+        segment = self.segments[min(index, len(self.segments) - 1)]
+        return segment.path, local * self.record_size
 
     def headers(self, start: int, stop: int) -> npt.NDArray[Any]:
         """Return the raw header bytes of frames ``start:stop``."""

@@ -7,7 +7,7 @@ field definitions. Field numbers follow the layout of the Merlin software (see d
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -464,11 +464,7 @@ def parse_timestamps(headers: bytes | Iterable[bytes], max_index: int = 10000) -
 
 
 def timestamps_ns(
-    headers: Iterable[bytes],
-    *,
-    path: str | os.PathLike[str] | None = None,
-    offset: int = 0,
-    stride: int = 0,
+    headers: Iterable[bytes], *, locate: Callable[[int], tuple[str, int]] | None = None
 ) -> npt.NDArray[np.int64]:
     """Frame timestamps in nanoseconds since the epoch, from the MQ1A block of each header.
 
@@ -476,9 +472,8 @@ def timestamps_ns(
     ----------
     headers
         Raw frame headers.
-    path, offset, stride
-        Where the headers come from, for error messages: header ``i`` starts at byte
-        ``offset + i * stride`` of ``path``.
+    locate
+        Gives the file and byte offset of header ``i``, for error messages.
 
     Returns
     -------
@@ -501,11 +496,12 @@ def timestamps_ns(
                 stamp = _extended_field(bytes(item), -3)
                 np.datetime64(stamp.removesuffix("Z"), "ns")
             except (ValueError, IndexError, OverflowError):
+                path, offset = locate(index) if locate is not None else (None, None)
+                header = "frame header" if locate is not None else f"frame header {index}"
                 raise FormatError(
-                    f"frame {index} of these headers has no valid MQ1A timestamp "
-                    f"(found {_field_text(item)!r})",
+                    f"{header} has no valid MQ1A timestamp (found {_field_text(item)!r})",
                     path=path,
-                    offset=offset + index * stride,
+                    offset=offset,
                 ) from None
         raise
 

@@ -294,7 +294,8 @@ class MibSource(FollowedRun):
         """Frame timestamps from the extended (``MQ1A``) header block."""
         if self.run.first_header.utc_time is None:
             return None
-        return timestamps_ns(batch.headers)
+        start = batch.start
+        return timestamps_ns(batch.headers, locate=lambda i: self.run.locate(start + i))
 
     def exposure_ms(self, batch: FrameBatch) -> float | None:
         """Return the run's exposure (Merlin keeps it for the whole acquisition)."""
