@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
+from signal import SIGINT
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from rsciio.emd import file_reader as read_emd
 from rsciio.quantumdetector import file_reader as read_mib
 
 from stemcast.writers.mib import write_mib
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -189,3 +194,59 @@ def test_info_help_names_the_formats_it_describes() -> None:
     for name in (".mib", ".tvips", ".blo", "EMD"):
         assert name in detailed.stdout
         assert name in one_line
+
+
+def test_demo_serve_points_to_the_viewer_and_serves_until_interrupted(tmp_path: Path) -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "stemcast.cli", "demo", "--serve", "--scan", "6x4",
+         "--frame-size", "32", "--fps", "0", "--directory", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        lines = []
+        while not lines or not lines[-1].startswith("viewer"):
+            line = demo.stdout.readline()
+            assert line, "".join(lines) + demo.stderr.read()
+            lines.append(line)
+        url = lines[-1].split()[1]
+        assert url.startswith("http://127.0.0.1:")
+        assert f"(stemcast view {url.rstrip('/')})" in lines[-1]
+        with _NO_PROXY.open(url, timeout=30) as response:
+            assert b'id="frames"' in response.read()
+        with _NO_PROXY.open(url + "runs", timeout=30) as response:
+            [run] = json.loads(response.read())["runs"]
+        assert (run["status"], run["frames"]) == ("complete", 24)
+    finally:
+        demo.send_signal(SIGINT)
+        code = demo.wait(60)
+    assert code == 0, demo.stderr.read() if demo.stderr else ""
+
+
+def test_view_opens_the_viewer_of_a_running_service_in_a_browser(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent / "service"))
+    from live import start_daemon
+
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    daemon = start_daemon(camera, tmp_path / "serve.log")
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    try:
+        environment = {**os.environ, "BROWSER": str(browser)}
+        shown = subprocess.run(
+            [sys.executable, "-m", "stemcast.cli", "view", daemon.http, "--run", "r 1"],
+            capture_output=True, text=True, timeout=60, env=environment, check=False,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert opened.read_text().strip() == f"{daemon.http}/?run=r%201"
+        assert shown.stdout == f"stemcast view: opened {daemon.http}/?run=r%201 in a browser\n"
+        printed = run_cli("view", daemon.http.removeprefix("http://"), "--no-browser")
+        assert printed.stdout == f"stemcast view: open {daemon.http}/ in a browser\n"
+    finally:
+        daemon.stop()
+    gone = run_cli("view", daemon.http, "--timeout", "2")
+    assert gone.returncode == 1
+    assert f"no stemcast service answers at {daemon.http}" in gone.stderr

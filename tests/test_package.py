@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -64,3 +65,33 @@ def test_file_reader_names_an_unknown_file(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match="unrecognised format") as error:
         stemcast.file_reader(path)
     assert error.value.path == str(path)
+
+
+def test_the_viewer_page_ships_in_the_wheel(tmp_path: Path) -> None:
+    """Installed from a wheel (not from the source tree), the package serves its viewer."""
+    pytest.importorskip("hatchling")
+    root = Path(__file__).parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "wheel"), str(root)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    [wheel] = (tmp_path / "wheel").glob("stemcast-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+         str(tmp_path / "site"), str(wheel)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    code = (
+        "import stemcast, importlib.resources as r; print(stemcast.__file__); "
+        "static = r.files('stemcast.service.viewer') / 'static'; "
+        "print(sorted(p.name for p in static.iterdir()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    location, files = done.stdout.splitlines()
+    assert location.startswith(str(tmp_path / "site"))
+    assert files == "['index.html', 'viewer.css', 'viewer.js']"

@@ -1,4 +1,4 @@
-"""Command line: ``stemcast info | serve | simulate | subscribe | convert | demo``."""
+"""Command line: ``stemcast info | serve | simulate | subscribe | view | convert | demo``."""
 
 from __future__ import annotations
 
@@ -268,7 +268,6 @@ def _simulate(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {
         "name": args.name,
         "scan_shape": args.scan,
-        "frame_size": args.frame_size,
         "fps": args.fps,
         "interrupt_after": args.interrupt_after,
         "flyback_frames": args.flyback_frames,
@@ -287,6 +286,7 @@ def _simulate(args: argparse.Namespace) -> int:
             raise ParameterError(f"{', '.join(used)}: TVIPS options", parameter="format")
         paths = simulate_mib(
             args.directory,
+            frame_size=args.frame_size,
             counter_depth=args.depth,
             quad=args.quad,
             raw=args.raw,
@@ -300,6 +300,7 @@ def _simulate(args: argparse.Namespace) -> int:
             raise ParameterError("--quad and --raw are Merlin options", parameter="format")
         paths = simulate_tvips(
             args.directory,
+            frame_size=256 if args.frame_size is None else args.frame_size,
             bits=args.depth,
             max_file_size=args.max_file_size,
             scan_engine=args.scan_engine,
@@ -346,6 +347,14 @@ def _subscribe(args: argparse.Namespace) -> int:
     with Subscriber(
         args.endpoint, start=start, preview=args.preview, timeout_s=args.timeout
     ) as subscriber:
+        patience = 1.0 if args.timeout is None else min(1.0, args.timeout)
+        if not subscriber.socket.poll(round(patience * 1000)):
+            print(
+                f"stemcast subscribe: nothing yet from {args.endpoint}: waiting for the service "
+                "to answer, or for its next run (Ctrl-C stops)",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             for event in subscriber:
                 if args.json:
@@ -397,6 +406,36 @@ def _subscribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _viewer_address(url: str, run: str | None = None) -> tuple[str, str]:
+    """Return a service's base address (``http://HOST:PORT``) and its viewer's address."""
+    from urllib.parse import quote
+
+    base = (url if "://" in url else f"http://{url}").rstrip("/")
+    return base, f"{base}/" + ("" if run is None else f"?run={quote(run)}")
+
+
+def _view(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+    import webbrowser
+
+    base, page = _viewer_address(args.url, args.run)
+    # A service on this machine is never reached through a proxy, whatever the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{base}/health", timeout=args.timeout):
+            pass
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        print(f"stemcast view: no stemcast service answers at {base}: {reason}", file=sys.stderr)
+        return 1
+    if not args.no_browser and webbrowser.open(page):
+        print(f"stemcast view: opened {page} in a browser")
+    else:
+        print(f"stemcast view: open {page} in a browser")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -406,6 +445,11 @@ def _demo(args: argparse.Namespace) -> int:
         code = asyncio.run(_live_demo(args, directory, Path(scratch)))
         if args.directory:
             print(f"\nThe acquisition and its conversions stay in {directory}.")
+        else:
+            print(
+                f"\nThe acquisition and its conversions in {directory} are deleted now; "
+                "give --directory DIR to keep them."
+            )
     return code
 
 
@@ -429,7 +473,7 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
         data_endpoint="tcp://127.0.0.1:0",
         preview_endpoint="tcp://127.0.0.1:0",
         idle_timeout_s=5.0,
-        http="127.0.0.1:0",
+        http=args.http,
         registry=scratch / "registry.sqlite3",
         output=converted,
         convert=["emd", "blockfile"],
@@ -477,6 +521,7 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
                 return event.header, sums, time.monotonic() - first, latencies
         raise AssertionError("unreachable: the subscriber iterates until it times out")
 
+    serving = False
     try:
         receiving = asyncio.create_task(asyncio.to_thread(receive))
         await asyncio.to_thread(
@@ -492,10 +537,12 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
         end, sums, seconds, latencies = await receiving
         job = await _conversion_of(service, end["series"])
         final_after = time.monotonic() - last_frame
+        serving = args.serve
     finally:
         subscriber.close()
-        service.stop()
-        await service_task
+        if not serving:
+            service.stop()
+            await service_task
     frames = len(sums)
     nbytes = frames * frame_bytes
     print(
@@ -529,6 +576,14 @@ async def _live_demo(args: argparse.Namespace, directory: Path, scratch: Path) -
         )
         print(_render(image))
     complete = frames == end["frames"] and end["status"] == RunStatus.COMPLETE
+    if serving:
+        print(
+            f"\nviewer     {service.http_address}/ shows the run, its frames and virtual images "
+            f"in a browser (stemcast view {service.http_address});\n"
+            "           the service keeps running until Ctrl-C.",
+            flush=True,
+        )
+        await service_task
     return 0 if complete and job is not None else 1
 
 
@@ -771,7 +826,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("directory", type=Path, metavar="DIR", help="where to write")
     simulate.add_argument("--format", choices=("mib", "tvips"), default="mib")
     simulate.add_argument("--scan", type=_scan, default=(16, 16), metavar="XxY", help="scan size")
-    simulate.add_argument("--frame-size", type=int, default=256, help="frame side in pixels")
+    simulate.add_argument(
+        "--frame-size", type=int, help="frame side in pixels (default 256; 512 with --quad)"
+    )
     simulate.add_argument(
         "--depth",
         type=int,
@@ -871,6 +928,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subscribe.set_defaults(handler=_subscribe)
 
+    view = commands.add_parser(
+        "view",
+        help="open the live viewer of a running service in a browser",
+        description=(
+            "Open the live viewer of a running 'stemcast serve' (its HTTP address) in a "
+            "browser: the runs, the latest frame and virtual images as the scan runs. The "
+            "address is printed, for a browser on another machine or when none is found."
+        ),
+    )
+    view.add_argument(
+        "url",
+        nargs="?",
+        default="http://127.0.0.1:8750",
+        metavar="URL",
+        help="the service's HTTP address (default http://127.0.0.1:8750)",
+    )
+    view.add_argument("--run", metavar="ID", help="show this run instead of the newest")
+    view.add_argument("--no-browser", action="store_true", help="only print the address to open")
+    view.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="wait this long for the service"
+    )
+    view.set_defaults(handler=_view)
+
     convert = commands.add_parser(
         "convert", help="convert finished runs to blockfile and EMD (one pass, bounded memory)"
     )
@@ -905,6 +985,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--depth", type=int, default=12, choices=(1, 6, 12, 24), help="bits")
     demo.add_argument(
         "--fps", type=float, default=300.0, help="simulated frame rate (0: as fast as possible)"
+    )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the service running at the end, and point to its live viewer",
+    )
+    demo.add_argument(
+        "--http",
+        default="127.0.0.1:0",
+        metavar="ADDR",
+        help="the service's HTTP address (default: a free port on 127.0.0.1)",
     )
     demo.set_defaults(handler=_demo)
     return parser

@@ -365,6 +365,8 @@ def scan_from_rotator(
     if scan_x is not None and scan_y is not None:
         xs = np.asarray(scan_x, dtype=np.float64)[frames]
         ys = np.asarray(scan_y, dtype=np.float64)[frames]
+        if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+            return stack("the scan positions in the frame headers are not all finite numbers")
         if xs.any() or ys.any():
             width, height = round(float(xs.max())) + 1, round(float(ys.max())) + 1
             if width * height != positions:

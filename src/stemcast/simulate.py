@@ -292,7 +292,7 @@ def simulate_mib(
     *,
     name: str = "scan",
     scan_shape: tuple[int, int] = (16, 16),
-    frame_size: int = 256,
+    frame_size: int | None = None,
     counter_depth: int = 12,
     quad: bool = False,
     raw: bool = False,
@@ -305,6 +305,7 @@ def simulate_mib(
     hdr_scan_size: bool = False,
     pattern_pool: int = 0,
     seed: int = 0,
+    start_time: datetime | None = None,
 ) -> list[Path]:
     """Write a Merlin acquisition as the camera does: ``.hdr`` first, then growing ``.mib``.
 
@@ -317,7 +318,8 @@ def simulate_mib(
     scan_shape
         ``(x, y)`` scan size (without fly-back frames).
     frame_size
-        Frame side in pixels: 256 for a single chip, 512 for a quad.
+        Frame side in pixels; by default 256 for a single chip, 512 for a quad (its only
+        width).
     counter_depth
         1, 6, 12 or 24 bits.
     quad, raw
@@ -335,6 +337,8 @@ def simulate_mib(
         See :func:`scan_frames`.
     hdr_scan_size
         Write ``ScanX``/``ScanY`` to the ``.hdr`` (Merlin software 1.5 and later).
+    start_time
+        Timestamp of the first frame; defaults to the time the first file is opened.
 
     Returns
     -------
@@ -347,8 +351,9 @@ def simulate_mib(
     width = scan_shape[0] + flyback_frames
     total = width * scan_shape[1]
     interval = 1.0 / fps if fps > 0 else 0.001
-    start: datetime | None = None
-    frame_shape = (frame_size, frame_size)
+    start = start_time
+    side = frame_size if frame_size is not None else 512 if quad else 256
+    frame_shape = (side, side)
     common: dict[str, Any] = {
         "frame_shape": frame_shape,
         "counter_depth": counter_depth,
@@ -440,6 +445,7 @@ def simulate_tvips(
     scan_engine: bool = True,
     frames_before_scan: int = 0,
     frames_after_scan: int = 0,
+    start_time: datetime | None = None,
 ) -> list[Path]:
     """Write a rolling TVIPS series as the camera does: ``NAME_000.tvips``, ``_001``, ...
 
@@ -473,6 +479,8 @@ def simulate_tvips(
     frames_before_scan, frames_after_scan
         Frames recorded before the scan starts and after it ends, with the beam at the first
         and the last position (they repeat its pattern).
+    start_time
+        Timestamp of the first frame; defaults to now.
 
     Returns
     -------
@@ -506,7 +514,7 @@ def simulate_tvips(
         max_file_size=max_file_size,
         frame_interval_s=1.0 / fps if fps > 0 else 0.001,
         scan_shape=(scan_shape[1], width),
-        start_time=datetime.now(UTC),
+        start_time=start_time or datetime.now(UTC),
     )
     payloads = writer.payloads(pool.patterns)
 

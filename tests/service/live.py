@@ -63,11 +63,14 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             running.stop()
 
 
-def start_daemon(directory: Path, log: Path, *flags: str) -> Daemon:
+def start_daemon(
+    directory: Path, log: Path, *flags: str, preexec: Callable[[], None] | None = None
+) -> Daemon:
     """Start ``stemcast serve`` on free ports (port 0) and wait until it watches.
 
     Unless ``flags`` say otherwise, the HTTP API listens on a free loopback port and the
-    registry is ``registry.sqlite3`` next to ``log``.
+    registry is ``registry.sqlite3`` next to ``log``. ``preexec`` runs in the child before
+    the daemon starts (to drop privileges).
     """
     defaults = []
     if "--http" not in flags:
@@ -80,7 +83,9 @@ def start_daemon(directory: Path, log: Path, *flags: str) -> Daemon:
         *defaults, *flags,
     ]  # fmt: skip
     stream = log.open("w")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stream, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=stream, text=True, preexec_fn=preexec
+    )
     assert process.stdout is not None
     line = process.stdout.readline()
     match = _READY.search(line)
@@ -210,11 +215,13 @@ class Drain:
         self.starts: list[dict[str, Any]] = []
         self.ends: list[dict[str, Any]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(endpoint,), daemon=True)
+        # Subscribed before this returns, so a run that starts next is not missed.
+        self._subscriber = Subscriber(endpoint, start="run", timeout_s=0.1)
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _run(self, endpoint: str) -> None:
-        with Subscriber(endpoint, start="run", timeout_s=0.1) as subscriber:
+    def _run(self) -> None:
+        with self._subscriber as subscriber:
             while not self._stop.is_set():
                 try:
                     event = subscriber.receive()

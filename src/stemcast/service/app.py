@@ -3,7 +3,9 @@
 At start-up the service opens its registry, resumes the runs its predecessor was following
 when it stopped or was killed (same series id, read again from their files; a run whose
 files are gone is marked abandoned), leaves alone every file of a run that has already ended
-(a restart never re-publishes a run), and takes up the conversion jobs left unfinished.
+(a restart never re-publishes a run; another file under its name is a new run), and takes
+up the conversion jobs left unfinished. Nothing a file or folder holds stops the service: a
+file that cannot be opened is told once and left out, a run that fails ends ``failed``.
 Each run with automatic conversion targets is converted while it is acquired (a live job,
 :mod:`stemcast.service.jobs.live`). SIGTERM stops the HTTP API, stops the conversions (a
 running one is cancelled and stays queued for the next start), lets each run finish its
@@ -21,17 +23,28 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stemcast.errors import StemcastError
+from stemcast.formats.runs import run_kind
+from stemcast.formats.tvips.run import first_part, is_tvips
 from stemcast.service.config import ServiceSettings, http_bind_address
 from stemcast.service.jobs.manager import JobManager
 from stemcast.service.live.catalog import SeriesEntry
-from stemcast.service.live.discovery import watch
+from stemcast.service.live.discovery import (
+    GONE,
+    FileIdentity,
+    Found,
+    WatchFolders,
+    head_digest,
+    watch,
+)
 from stemcast.service.live.follower import RunFollower
 from stemcast.service.live.lag import consumer_lags
 from stemcast.service.live.publisher import Publisher
+from stemcast.service.live.reasons import describe
 from stemcast.service.live.recall import recall_series
 from stemcast.service.live.tail import MibSource, NotReady, open_source, stem_of
 from stemcast.service.metrics import Metrics
@@ -44,6 +57,15 @@ if TYPE_CHECKING:
 __all__ = ["Service", "serve", "start_http"]
 
 _logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Waiting:
+    """A run file not yet long enough to open, and since when it has not changed."""
+
+    found: Found
+    since: float
+    told: bool = False
 
 
 class Service:
@@ -64,8 +86,8 @@ class Service:
     metrics
         The service's Prometheus metrics (served at ``/metrics``).
     finished
-        The files of the runs that ended before (:meth:`Registry.finished_paths`): never
-        followed again.
+        The files of the runs that ended before (:meth:`Registry.finished_paths`): not
+        followed again, unless a new file takes the name of one.
     """
 
     def __init__(
@@ -89,8 +111,12 @@ class Service:
         self.stopping = asyncio.Event()
         self.followers: dict[str, RunFollower] = {}
         self.tasks: set[asyncio.Task[object]] = set()
-        self.seen: set[str] = set(finished)
-        self.pending: set[str] = set()
+        self.folders = WatchFolders(settings.watch)
+        #: Files not to open again, with what each was when last looked at (``None``: a
+        #: run that ended before this start, not looked at yet). Another file under the
+        #: same name (a new inode, a smaller size, another start) is a new run.
+        self.seen: dict[str, FileIdentity | None] = dict.fromkeys(finished)
+        self.pending: dict[str, _Waiting] = {}
         publisher.data.recall = self.recall
 
     async def recall(self, series: str) -> tuple[SeriesEntry, list[str]] | None:
@@ -125,34 +151,91 @@ class Service:
             _logger.info("stopping: finishing the current batch of each run")
             self.stopping.set()
 
-    async def consider(self, paths: list[str], *, startup: bool = False) -> None:
+    async def consider(self, found: list[Found], *, startup: bool = False) -> None:
         """Look at run files that appeared or changed.
 
         Parameters
         ----------
-        paths
+        found
             Run files, oldest first.
         startup
-            The first listing: files older than ``existing_max_age_s`` are left alone.
+            The first listing: files older than ``existing_max_age_s`` are left alone (one
+            line says how many).
         """
-        for path in [*sorted(self.pending - set(paths)), *paths]:
-            owner = next((run for run in self.followers.values() if run.owns(path)), None)
+        listed = {item.path for item in found}
+        waiting = [self.pending[path].found for path in sorted(self.pending) if path not in listed]
+        old = 0
+        for item in [*waiting, *found]:
+            path = item.path
+            owner = self._owner(path)
             if owner is not None:
                 owner.wake.set()
                 continue
-            if path in self.seen or self.stopping.is_set():
+            if run_kind(path) is None or self.stopping.is_set():
+                continue  # a later part of a TVIPS series: its run finds it
+            if path in self.seen:
+                if await self._still_ended(item):
+                    continue
+                _logger.info("%s: another file under the name of a run that ended: a new run", path)
+                del self.seen[path]
+            if startup and time.time() - item.mtime > self.settings.existing_max_age_s:
+                self.seen[path] = item.identity
+                old += 1
                 continue
-            if startup and not self._recent(path):
-                self.seen.add(path)
-                continue
-            await self._open(path)
+            try:
+                await self._open(path, found=item)
+            except Exception as error:  # one file never stops the others, nor the service
+                self.seen[path] = item.identity
+                _logger.error("not followed: %s", describe(error, path))
+                _logger.debug("not followed: %s", path, exc_info=error)
+        if old:
+            _logger.info(
+                "left alone %d run file%s last changed over %g s before the start "
+                "(existing_max_age_s); POST /convert converts them",
+                old,
+                "" if old == 1 else "s",
+                self.settings.existing_max_age_s,
+            )
 
-    def _recent(self, path: str) -> bool:
-        try:
-            age = time.time() - os.stat(path).st_mtime
-        except FileNotFoundError:
-            return False
-        return age <= self.settings.existing_max_age_s
+    async def _still_ended(self, item: Found) -> bool:
+        """Whether ``item`` is still the file of a run that ended, not another file."""
+        known = self.seen[item.path]
+        if known is None:
+            self.seen[item.path] = item.identity
+            return True
+        same = known.same_file(item.identity)
+        if same is None:
+            try:
+                same = await asyncio.to_thread(head_digest, item.path) == known.head
+            except OSError:
+                return True  # gone again: the next look tells
+            if same:
+                self.seen[item.path] = replace(item.identity, head=known.head)
+        return same
+
+    def _owner(self, path: str) -> RunFollower | None:
+        """Return the run followed that ``path`` is a file of (a TVIPS part it has not found)."""
+        first = os.fspath(first_part(path)) if is_tvips(path) else None
+        return next(
+            (run for run in self.followers.values() if run.owns(path) or run.path == first), None
+        )
+
+    def _wait(self, found: Found, why: str) -> None:
+        """Keep a file too short to open for the next look; say once if it stays so."""
+        waiting = self.pending.get(found.path)
+        now = time.monotonic()
+        if waiting is None or waiting.found.identity != found.identity:
+            self.pending[found.path] = _Waiting(found, now)
+            return
+        idle = self.settings.idle_timeout_s
+        if not waiting.told and now - waiting.since >= idle:
+            waiting.told = True
+            _logger.warning(
+                "%s: not followed yet: %s, and it has not changed for %g s (idle_timeout_s)",
+                found.path,
+                why,
+                idle,
+            )
 
     async def resume(self, runs: Iterable[RunRecord]) -> None:
         """Follow again the runs the previous process was following when it stopped.
@@ -165,26 +248,44 @@ class Service:
         for run in runs:
             await self._open(run["path"], resume=run["id"])
 
-    async def _open(self, path: str, *, resume: str | None = None) -> None:
+    async def _open(
+        self, path: str, *, found: Found | None = None, resume: str | None = None
+    ) -> None:
+        """Open the run whose first file is ``path`` and follow it.
+
+        Parameters
+        ----------
+        path
+            The run's first file.
+        found
+            What discovery found (``None`` for a run resumed from the registry).
+        resume
+            The id of the run resumed.
+        """
+        limit = self.settings.max_frame_bytes
         try:
-            source = await asyncio.to_thread(open_source, path)
-        except NotReady:
-            self.pending.add(path)
+            source = await asyncio.to_thread(open_source, path, max_frame_bytes=limit)
+        except NotReady as why:
+            if found is not None:
+                self._wait(found, str(why))
+            elif resume is not None:
+                await self._abandon(resume, f"its first file no longer holds a run: {why}")
             return
         except FileNotFoundError:
-            self.pending.discard(path)
+            self.pending.pop(path, None)
             if resume is not None:
                 await self._abandon(resume, "its files are gone")
             return
-        except (StemcastError, OSError) as error:
-            self.pending.discard(path)
-            self.seen.add(path)
-            _logger.error("run failed: %s", error)
+        except Exception as error:  # a file that cannot be opened never stops the service
+            reason = describe(error, path)
+            self.pending.pop(path, None)
+            self.seen[path] = None if found is None else found.identity
+            _logger.error("not followed: %s", reason)
             if resume is not None:
-                await self._abandon(resume, f"cannot be resumed: {error}")
+                await self._abandon(resume, f"cannot be resumed: {reason}")
             return
-        self.pending.discard(path)
-        self.seen.add(path)
+        self.pending.pop(path, None)
+        self.seen[path] = None if found is None else found.identity
         if isinstance(source, MibSource) and source.first_sequence > 1 and self._continues(path):
             return
         directory = os.path.dirname(path)
@@ -204,9 +305,16 @@ class Service:
             resume=resume,
         )
         self.followers[path] = follower
-        task: asyncio.Task[object] = asyncio.create_task(follower.run(), name=path)
+        task: asyncio.Task[object] = asyncio.create_task(self._follow(follower), name=path)
         self.tasks.add(task)
         task.add_done_callback(lambda done: self._finished(path, done))
+
+    async def _follow(self, follower: RunFollower) -> RunStatus:
+        """Follow a run; then remember what its files were, to tell a new file of the name."""
+        status = await follower.run()
+        identities = await asyncio.to_thread(_identities, follower.source.files)
+        self.seen.update(identities)
+        return status
 
     def _continues(self, path: str) -> bool:
         """Whether ``path`` is a later file of a Merlin run being followed."""
@@ -265,21 +373,31 @@ class Service:
     def _finished(self, path: str, task: asyncio.Task[object]) -> None:
         self.tasks.discard(task)
         follower = self.followers.pop(path)
-        self.seen.update(follower.source.files)
-        if not task.cancelled() and task.exception() is not None:
-            _logger.error("run %s: %s", path, task.exception())
+        for name in follower.source.files:
+            self.seen.setdefault(name, None)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            _logger.error("run %s: %s", follower.state.series, describe(error, path))
 
     async def discover(self, ready: Callable[[], None]) -> None:
         """Follow new runs until the service stops; call ``ready`` after the first listing."""
         settings = self.settings
+        # What the files of the runs that ended before are, before anything can replace them.
+        folders = {os.path.abspath(folder) for folder in settings.watch}
+        ended = [
+            path
+            for path, known in self.seen.items()
+            if known is None and os.path.dirname(os.path.abspath(path)) in folders
+        ]
+        self.seen.update(await asyncio.to_thread(_identities, ended))
         first = True
-        async for paths in watch(
-            settings.watch,
+        async for found in watch(
+            self.folders,
             polling=settings.polling,
             poll_interval_s=settings.poll_interval_s,
             stop=self.stopping,
         ):
-            await self.consider(paths, startup=first)
+            await self.consider(found, startup=first)
             if first:
                 first = False
                 ready()
@@ -293,6 +411,17 @@ class Service:
             _logger.warning("run %s did not finish in time: cancelled", task.get_name())
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
+
+
+def _identities(paths: Iterable[str]) -> dict[str, FileIdentity | None]:
+    """Return what each file is now; a file that is gone is :data:`GONE` (any file differs)."""
+    found: dict[str, FileIdentity | None] = {}
+    for path in paths:
+        try:
+            found[path] = FileIdentity.of(path, head=True)
+        except OSError:
+            found[path] = GONE
+    return found
 
 
 async def serve(settings: ServiceSettings, ready: Callable[[Service], None] | None = None) -> None:
@@ -406,8 +535,10 @@ async def start_http(service: Service, address: str) -> web.AppRunner:
         await web.TCPSite(runner, host, port).start()
     except OSError as error:
         await runner.cleanup()
+        reason = os.strerror(error.errno) if error.errno else str(error)
         raise StemcastError(
-            f"cannot listen on {address}: {error.strerror or error}", parameter="http"
+            f"cannot listen on {address}: {reason}; choose another address "
+            "with --http (setting http), or --http off"
         ) from None
     bound: Any = runner.addresses[0]
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]

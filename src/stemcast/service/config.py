@@ -198,6 +198,13 @@ class ServiceSettings(BaseSettings):
         description="Bytes of frames read and decoded at once by the follower and by each "
         "data client (at least one frame): memory is a few batches per run and per client.",
     )
+    max_frame_bytes: int = Field(
+        default=256 * 2**20,
+        ge=1,
+        description="Largest frame followed, as stored or decoded: a run whose header claims "
+        "larger frames is refused as a format error (memory follows the frame size; the "
+        "largest cameras write 8192 x 8192 16-bit frames, 128 MiB).",
+    )
     data_credit: int = Field(
         default=64,
         ge=1,

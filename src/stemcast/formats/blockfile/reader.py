@@ -13,13 +13,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stemcast.errors import FormatError, TruncatedError
+from stemcast.errors import FormatError, TruncatedError, UnsupportedError
 from stemcast.formats._frame_sums import FrameChunk, as_frames
 from stemcast.formats._mmap import resolve_mmap_mode
 from stemcast.formats.blockfile.spec import (
+    MAX_RECORD_SIZE,
     VBF_OFFSET,
     BlockfileHeader,
     byte_order,
+    field_offset,
     parse_header,
     serial_to_datetime,
 )
@@ -55,7 +57,10 @@ def read_header(
         raw = stream.read(VBF_OFFSET)
         header = parse_header(raw, endianess=endianess, path=path)
         if header.vbf_offset > len(raw):
-            raw += stream.read(header.vbf_offset - len(raw))
+            # The note runs up to the navigator, which a corrupt header may put anywhere:
+            # read no further than the file goes (a short file is refused by its size later).
+            end = min(header.vbf_offset, os.fstat(stream.fileno()).st_size)
+            raw += stream.read(max(end - len(raw), 0))
             header = parse_header(raw, endianess=endianess, path=path)
     return header
 
@@ -83,8 +88,9 @@ def read_navigator(
     """
     header = read_header(path, byte_order(endianess, endianness))
     with open(path, "rb") as stream:
+        available = os.fstat(stream.fileno()).st_size - header.vbf_offset
         stream.seek(header.vbf_offset)
-        raw = stream.read(header.frames)
+        raw = stream.read(max(min(header.frames, available), 0))
     if len(raw) < header.frames:
         raise TruncatedError(
             f"navigator image cut short: {len(raw)} of {header.frames} bytes",
@@ -96,6 +102,14 @@ def read_navigator(
 
 def _check_size(path: str, header: BlockfileHeader) -> None:
     """Refuse a file too short for its frames; warn about (and ignore) trailing bytes."""
+    if header.record_size > MAX_RECORD_SIZE:
+        raise UnsupportedError(
+            f"frames of {header.frame_size} x {header.frame_size} {header.bit_depth}-bit "
+            f"pixels ({header.record_size} bytes a record) are larger than the "
+            f"{MAX_RECORD_SIZE} bytes a record can have",
+            path=path,
+            offset=field_offset(header.byte_order, "DP_SZ"),
+        )
     size = os.path.getsize(path)
     expected = header.file_size
     if size < expected:

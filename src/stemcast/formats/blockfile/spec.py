@@ -46,6 +46,8 @@ FRAME_MARKER = 0x55AA
 RECORD_HEADER_SIZE = 6
 #: Largest scan size and frame size: the header stores them as 16-bit integers.
 MAX_SIZE = 65535
+#: Largest frame record: numpy's structured dtypes hold at most a C ``int`` of bytes.
+MAX_RECORD_SIZE = 2**31 - 1
 #: The named ``intensity_scaling`` options of the writers (besides ``None`` and a range).
 INTENSITY_SCALINGS = ("dtype", "minmax", "crop")
 #: Origin of the OLE / Excel serial dates of ``Acquisition_time``.
@@ -312,6 +314,11 @@ class BlockfileHeader:
         return record_dtype(self.frame_size, self.pixel_dtype(endianess), endianess)
 
     @property
+    def record_size(self) -> int:
+        """Bytes of one frame record: marker, serial number and pattern."""
+        return RECORD_HEADER_SIZE + self.frame_size**2 * self.bit_depth // 8
+
+    @property
     def file_size(self) -> int:
         """Bytes a complete file has: up to the end of the last frame record."""
         return self.data_offset + self.frames * self.record_dtype().itemsize
@@ -385,7 +392,7 @@ def parse_header(
             raise FormatError(
                 f"header field {name} is 0: no frames to read",
                 path=where,
-                offset=record.dtype.fields[name][1],  # type: ignore[index]
+                offset=field_offset(order, name),
             )
     vbf, data = int(fields["Data_offset_1"]), int(fields["Data_offset_2"])
     frames = int(fields["NX"]) * int(fields["NY"])
@@ -406,6 +413,11 @@ def parse_header(
             offset=HEADER_SIZE,
         )
     return header
+
+
+def field_offset(endianess: str, name: str) -> int:
+    """Byte offset of header field ``name``."""
+    return int(header_dtype(endianess).fields[name][1])  # type: ignore[index]
 
 
 def _field_value(name: str, value: Any, dtype: np.dtype[Any]) -> Any:

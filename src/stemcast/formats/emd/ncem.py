@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from stemcast.errors import FormatError, ParameterError
-from stemcast.formats.emd.hdf5 import decode_text, lazy_array
+from stemcast.formats.emd.hdf5 import Hdf5Source, decode_text, members
 from stemcast.formats.emd.units import normalise_ncem_units
 
 __all__ = ["is_ncem", "read_ncem"]
@@ -96,14 +96,15 @@ def _has_version(node: h5py.Group) -> bool:
 def is_ncem(file: h5py.File) -> bool:
     """Whether ``file`` carries NCEM version attributes (on the root or a top-level group)."""
     return _has_version(file) or any(
-        isinstance(node, h5py.Group) and _has_version(node) for node in file.values()
+        isinstance(node, h5py.Group) and _has_version(node) for _, node in members(file)
     )
 
 
-def _version(file: h5py.File) -> str | None:
-    if not _has_version(file):
+def _version(source: Hdf5Source) -> str | None:
+    if not _has_version(source.file):
         return None
-    return f"{decode_text(file.attrs['version_major'])}.{decode_text(file.attrs['version_minor'])}"
+    major = decode_text(source.attribute(source.file, "version_major"))
+    return f"{major}.{decode_text(source.attribute(source.file, 'version_minor'))}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,16 +116,18 @@ class _Stack:
     stacked: bool
 
 
-def _discover(file: h5py.File) -> list[str]:
+def _discover(source: Hdf5Source) -> list[str]:
+    file = source.file
     found: list[str] = []
 
-    def visit(name: str, node: Any) -> None:
-        if not isinstance(node, h5py.Dataset):
+    def visit(name: str | bytes, node: Any) -> None:
+        # h5py gives a path that is not UTF-8 text as bytes: no data path the reader knows.
+        if not isinstance(node, h5py.Dataset) or not isinstance(name, str):
             return
         if not posixpath.basename(name).startswith(_DATA_NAMES):
             return
         parent = file[posixpath.dirname(name) or "/"]
-        if _truthy(parent.attrs.get("emd_group_type", 0)):
+        if "emd_group_type" in parent.attrs and _truthy(source.attribute(parent, "emd_group_type")):
             found.append(name)
 
     file.visititems(visit)
@@ -152,43 +155,44 @@ def _stacks(paths: list[str], stack_group: bool, prismatic: bool) -> list[_Stack
     return stacks
 
 
-def _read_array(dataset: h5py.Dataset, lazy: bool) -> Any:
+def _read_array(source: Hdf5Source, dataset: h5py.Dataset, lazy: bool) -> Any:
     if h5py.check_string_dtype(dataset.dtype) is not None:
-        data = dataset.asstr()[()]
+        data = source.text(dataset)
         if lazy:
             import dask.array as da
 
             return da.from_array(data, chunks=-1)  # type: ignore[no-untyped-call, unused-ignore]
         return data
     if lazy:
-        return lazy_array(dataset)
-    return dataset[()]
+        return source.lazy(dataset)
+    return source.values(dataset)
 
 
-def _dim_axis(file: h5py.File, dim_path: str, size: int) -> dict[str, Any]:
+def _dim_axis(source: Hdf5Source, dim_path: str, size: int) -> dict[str, Any]:
+    file = source.file
     axis: dict[str, Any] = {"name": None, "units": None, "size": size, "offset": 0.0, "scale": 1.0}
     if dim_path not in file or not isinstance(file[dim_path], h5py.Dataset):
         return axis
     dim = file[dim_path]
     if "name" in dim.attrs:
-        axis["name"] = decode_text(dim.attrs["name"])
+        axis["name"] = decode_text(source.attribute(dim, "name"))
     if "units" in dim.attrs:
-        axis["units"] = normalise_ncem_units(decode_text(dim.attrs["units"]))
+        axis["units"] = normalise_ncem_units(decode_text(source.attribute(dim, "units")))
     if dim.dtype.kind in "iuf" and dim.ndim >= 1 and dim.size >= 1:
         # In the stored precision (float32 for prismatic), as the reference computes it.
-        values = np.asarray(dim[()]).ravel()
+        values = np.asarray(source.values(dim)).ravel()
         axis["offset"] = float(values[0])
         if values.size >= 2:
             axis["scale"] = float(np.mean(np.diff(values)))
     return axis
 
 
-def _simulation_parameters(file: h5py.File) -> dict[str, Any]:
-    if _PRISMATIC_PARAMETERS not in file:
+def _simulation_parameters(source: Hdf5Source) -> dict[str, Any]:
+    if _PRISMATIC_PARAMETERS not in source.file:
         return {}
     return {
         _PRISMATIC_KEYS.get(key, key): value
-        for key, value in file[_PRISMATIC_PARAMETERS].attrs.items()
+        for key, value in source.attributes(source.file[_PRISMATIC_PARAMETERS]).items()
     }
 
 
@@ -220,38 +224,42 @@ def _depth_axis(stack: _Stack, parameters: dict[str, Any]) -> dict[str, Any]:
     return axis
 
 
-def _original_metadata(file: h5py.File, first: str, prismatic: bool) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"EMD_version": _version(file)}
+def _original_metadata(source: Hdf5Source, first: str, prismatic: bool) -> dict[str, Any]:
+    file = source.file
+    metadata: dict[str, Any] = {"EMD_version": _version(source)}
     for name in _METADATA_GROUPS:
         if name in file and isinstance(file[name], h5py.Group):
-            metadata[name] = dict(file[name].attrs)
+            metadata[name] = source.attributes(file[name])
     if prismatic:
-        metadata["simulation_parameters"] = _simulation_parameters(file)
+        metadata["simulation_parameters"] = _simulation_parameters(source)
     calibration = f"{first.strip('/').split('/')[0]}/metadatabundle/calibration"
     if calibration in file and isinstance(file[calibration], h5py.Group):
         metadata["calibration"] = {
-            key: node[()]
-            for key, node in file[calibration].items()
+            key: source.values(node)
+            for key, node in members(file[calibration])
             if isinstance(node, h5py.Dataset)
         }
     return metadata
 
 
-def _read_stack(file: h5py.File, stack: _Stack, *, lazy: bool, prismatic: bool) -> dict[str, Any]:
+def _read_stack(
+    source: Hdf5Source, stack: _Stack, *, lazy: bool, prismatic: bool
+) -> dict[str, Any]:
+    file = source.file
     first = stack.members[0]
     group = posixpath.dirname(first)
     zero_based = posixpath.join(group, "dim0") in file
     transpose = posixpath.basename(first) != "datacube" and not zero_based
     arrays = []
     for member in stack.members:
-        array = _read_array(file[member], lazy)
+        array = _read_array(source, file[member], lazy)
         arrays.append(array.T if transpose else array)
     shapes = {array.shape for array in arrays}
     if len(shapes) > 1:
         raise FormatError(
             f"datasets {list(stack.members)} are stacked as one signal but have different "
             f"shapes {sorted(shapes)}; read them with stack_group=False",
-            path=file.filename,
+            path=source.path,
         )
     member_ndim = arrays[0].ndim
     dims = [i + (0 if zero_based else 1) for i in range(member_ndim)]
@@ -263,7 +271,7 @@ def _read_stack(file: h5py.File, stack: _Stack, *, lazy: bool, prismatic: bool) 
     axes = []
     lead = 1 if len(stack.members) > 1 else 0
     for index, dim in enumerate(dims):
-        axis = _dim_axis(file, posixpath.join(group, f"dim{dim}"), arrays[0].shape[index])
+        axis = _dim_axis(source, posixpath.join(group, f"dim{dim}"), arrays[0].shape[index])
         axes.append(
             {
                 "index_in_array": index + lead,
@@ -271,7 +279,7 @@ def _read_stack(file: h5py.File, stack: _Stack, *, lazy: bool, prismatic: bool) 
                 "navigate": prismatic and dim not in signal_dims,
             }
         )
-    parameters = _simulation_parameters(file) if prismatic else {}
+    parameters = _simulation_parameters(source) if prismatic else {}
     if lead:
         if lazy:
             import dask.array as da
@@ -289,16 +297,16 @@ def _read_stack(file: h5py.File, stack: _Stack, *, lazy: bool, prismatic: bool) 
         "metadata": {
             "General": {
                 "title": title.replace("_depth", ""),
-                "original_filename": os.path.basename(file.filename),
+                "original_filename": os.path.basename(source.path),
             },
             "Signal": {"signal_type": "electron_diffraction" if "CBED" in group else ""},
         },
-        "original_metadata": _original_metadata(file, first, prismatic),
+        "original_metadata": _original_metadata(source, first, prismatic),
     }
 
 
 def read_ncem(
-    file: h5py.File,
+    source: Hdf5Source,
     *,
     lazy: bool,
     dataset_path: str | Sequence[str] | None,
@@ -308,7 +316,7 @@ def read_ncem(
 
     Parameters
     ----------
-    file
+    source
         The open file.
     lazy
         Return dask arrays that read the file block by block.
@@ -322,24 +330,25 @@ def read_ncem(
     list of dict
         One signal dictionary per dataset or stack.
     """
+    file = source.file
     prismatic = _PRISMATIC_ROOT in file
     if dataset_path is None:
-        paths = _discover(file)
+        paths = _discover(source)
         stack = True if stack_group is None else bool(stack_group)
     elif isinstance(dataset_path, (str, os.PathLike)):
         paths = [os.fspath(dataset_path)]
         stack = bool(stack_group)
     else:
-        paths = [os.fspath(path) for path in dataset_path]
+        paths = [os.fspath(name) for name in dataset_path]
         if stack_group:
             _logger.warning("stack_group=True is ignored when dataset_path is a list.")
         stack = False
-    for path in paths:
-        if path not in file or not isinstance(file[path], h5py.Dataset):
+    for name in paths:
+        if name not in file or not isinstance(file[name], h5py.Dataset):
             raise ParameterError(
-                f"no dataset {path!r} in the file", path=file.filename, parameter="dataset_path"
+                f"no dataset {name!r} in the file", path=source.path, parameter="dataset_path"
             )
     return [
-        _read_stack(file, group, lazy=lazy, prismatic=prismatic)
+        _read_stack(source, group, lazy=lazy, prismatic=prismatic)
         for group in _stacks(paths, stack, prismatic)
     ]

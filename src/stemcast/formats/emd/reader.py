@@ -106,8 +106,8 @@ def file_reader(
         a ``rebin_energy`` that does not divide the number of channels, an unknown
         ``select_type``.
     """
-    with open_hdf5(filename) as file:
-        version = velox_version(file)
+    with open_hdf5(filename) as source:
+        version = velox_version(source)
         if version is not None:
             options = VeloxOptions(
                 lazy=lazy,
@@ -120,9 +120,9 @@ def file_reader(
                 SI_dtype=SI_dtype,
                 load_SI_image_stack=load_SI_image_stack,
             )
-            return read_velox(file, version, options)
-        if is_ncem(file):
-            return read_ncem(file, lazy=lazy, dataset_path=dataset_path, stack_group=stack_group)
+            return read_velox(source, version, options)
+        if is_ncem(source.file):
+            return read_ncem(source, lazy=lazy, dataset_path=dataset_path, stack_group=stack_group)
     raise FormatError(
         "HDF5 file that is neither an NCEM EMD file (no version_major/version_minor "
         "attributes on the root or a top-level group) nor a Velox EMD file (no 'Version' "

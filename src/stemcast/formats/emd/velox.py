@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import FormatError, ParameterError
-from stemcast.formats.emd.hdf5 import lazy_array, read_json
+from stemcast.formats.emd.hdf5 import Hdf5Source, members
 from stemcast.formats.emd.units import compact_unit
 from stemcast.formats.emd.velox_metadata import (
     Mapping_,
@@ -37,6 +37,7 @@ from stemcast.formats.emd.velox_spectrum import (
     check_frame_range,
     count_ends,
     frame_table,
+    stream_data,
     stream_groups,
 )
 
@@ -53,13 +54,13 @@ _SELECT_TYPES = {
 }
 
 
-def velox_version(file: h5py.File) -> int | None:
-    """Return the Velox version of ``file``, or ``None`` if it is not a Velox file."""
-    node = file.get("Version")
+def velox_version(source: Hdf5Source) -> int | None:
+    """Return the Velox version of a file, or ``None`` if it is not a Velox file."""
+    node = source.file.get("Version")
     if not isinstance(node, h5py.Dataset):
         return None
     try:
-        version = read_json(node)
+        version = source.json(node)
     except FormatError:
         return None
     if not isinstance(version, dict) or version.get("format") not in ("Velox", "DevelopersKit"):
@@ -68,7 +69,7 @@ def velox_version(file: h5py.File) -> int | None:
         return int(str(version.get("version")))
     except ValueError as error:
         raise FormatError(
-            f"Velox version {version.get('version')!r} is not a number", path=file.filename
+            f"Velox version {version.get('version')!r} is not a number", path=source.path
         ) from error
 
 
@@ -189,20 +190,21 @@ def _to_complex(block: npt.NDArray[Any]) -> npt.NDArray[np.complex64]:
 
 
 class _VeloxReader:
-    def __init__(self, file: h5py.File, version: int, options: VeloxOptions) -> None:
+    def __init__(self, source: Hdf5Source, version: int, options: VeloxOptions) -> None:
         if options.select_type not in _SELECT_TYPES:
             raise ParameterError(
                 f"{options.select_type!r} is not one of None, 'images', 'single_spectrum' "
                 "or 'spectrum_image'",
                 parameter="select_type",
             )
-        self.file = file
-        self.path = file.filename
+        self.source = source
+        self.file = source.file
+        self.path = source.path
         self.version = version
         self.options = options
         self.select = _SELECT_TYPES[options.select_type]
-        self.groups = metadata_groups(file)
-        data = file.get("Data")
+        self.groups = metadata_groups(source)
+        data = self.file.get("Data")
         if not isinstance(data, h5py.Group):
             raise FormatError("Velox file without a 'Data' group", path=self.path)
         self.data = data
@@ -232,22 +234,27 @@ class _VeloxReader:
             individual_detector=spectrum and not self.options.sum_EDS_detectors,
         )
 
+    def _metadata(self, group: h5py.Group, name: str = "Metadata") -> dict[str, Any]:
+        """Return the JSON object of dataset ``name`` of ``group`` (the first frame's)."""
+        return self.source.json_object(self.source.dataset(group, name))
+
     def _members(self, kind: str) -> list[h5py.Group]:
         node = self.data.get(kind)
         if not isinstance(node, h5py.Group):
             return []
-        return [group for group in node.values() if isinstance(group, h5py.Group)]
+        return [group for _, group in members(node) if isinstance(group, h5py.Group)]
 
     # Single spectra ------------------------------------------------------------------------
 
     def _spectra(self) -> list[dict[str, Any]]:
         signals = []
         for group in self._members("Spectrum"):
-            dataset = group["Data"]
-            data = lazy_array(dataset).T if self.options.lazy else dataset[()].T
+            dataset = self.source.dataset(group, "Data")
+            lazy = self.options.lazy
+            data = (self.source.lazy(dataset) if lazy else self.source.values(dataset)).T
             if data.shape[0] == 1:
                 data = data[0]
-            metadata = read_json(group["Metadata"])
+            metadata = self._metadata(group)
             axes = [self._energy_axis(metadata, data.shape[-1], rebin=1)]
             if data.ndim == 2:
                 axes.insert(
@@ -293,11 +300,12 @@ class _VeloxReader:
     # Images --------------------------------------------------------------------------------
 
     def _images(self) -> list[dict[str, Any]]:
-        labels = display_labels(self.file, self.groups) if self.kind == "SpectrumStream" else {}
+        spectrum_stream = self.kind == "SpectrumStream"
+        labels = display_labels(self.source, self.groups) if spectrum_stream else {}
         whole_stack = self.kind != "SpectrumStream" or self.options.load_SI_image_stack
         signals = []
         for group in self._members("Image"):
-            dataset = group["Data"]
+            dataset = self.source.dataset(group, "Data")
             if dataset.ndim != 3:
                 raise FormatError(
                     f"image {dataset.name!r} has shape {dataset.shape}, not (height, width, "
@@ -305,7 +313,7 @@ class _VeloxReader:
                     path=self.path,
                 )
             data = self._image_data(dataset, whole_stack)
-            metadata = read_json(group["Metadata"])
+            metadata = self._metadata(group)
             uuid = group.name.rsplit("/", 1)[-1]
             title = labels.get(uuid) or image_title(self.version, uuid, metadata, self.groups)
             frames = data.shape[0] if data.ndim == 3 else 1
@@ -329,14 +337,14 @@ class _VeloxReader:
         if self.options.lazy:
             import dask.array as da
 
-            array = lazy_array(
+            array = self.source.lazy(
                 dataset,
                 convert=_to_complex if compound else None,
                 dtype=np.complex64 if compound else None,
             )[:, :, :frames]
             array = da.moveaxis(array, -1, 0)
         else:
-            stored = dataset[:, :, :frames]
+            stored = self.source.values(dataset, (slice(None), slice(None), slice(frames)))
             if compound:
                 stored = _to_complex(stored)
             array = np.ascontiguousarray(np.moveaxis(stored, -1, 0))
@@ -349,15 +357,17 @@ class _VeloxReader:
         if not cubes:
             return []
         spectrum_images = self._members("SpectrumImage")
-        calibration = read_json(spectrum_images[0]["Metadata"]) if spectrum_images else {}
+        calibration = self._metadata(spectrum_images[0]) if spectrum_images else {}
         signals = []
         for group in cubes:
-            dataset = group["Data"]
+            dataset = self.source.dataset(group, "Data")
             lazy = self.options.lazy
-            stored = lazy_array(dataset) if lazy else dataset[()]
+            stored = self.source.lazy(dataset) if lazy else self.source.values(dataset)
             data = stored.transpose(2, 0, 1) if stored.ndim == 3 else stored
             acquisition = (
-                read_json(group["AcquisitionMetadata"]) if "AcquisitionMetadata" in group else {}
+                self._metadata(group, "AcquisitionMetadata")
+                if "AcquisitionMetadata" in group
+                else {}
             )
             energy = (acquisition.get("Data") or {}) if isinstance(acquisition, dict) else {}
             spatial = _fixed_factor_axes(calibration, data.shape[:-1])
@@ -373,7 +383,7 @@ class _VeloxReader:
                     "navigate": False,
                 },
             ]
-            original = read_json(group["Metadata"]) if "Metadata" in group else {}
+            original = self._metadata(group) if "Metadata" in group else {}
             general = {"title": "EELS", "original_filename": os.path.basename(self.path)}
             signals.append(
                 {
@@ -398,7 +408,7 @@ class _VeloxReader:
             )
             return []
         options = self.options
-        settings = read_json(streams[0]["AcquisitionSettings"])
+        settings = self._metadata(streams[0], "AcquisitionSettings")
         try:
             channels = int(settings["bincount"])
             dtype = np.dtype(
@@ -414,9 +424,10 @@ class _VeloxReader:
             ) from error
         check_binning(channels, options.rebin_energy)
         declared = self._declared_frames()
-        pixels = _pixels_per_frame(streams[0], declared)
+        pixels = _pixels_per_frame(self.source, streams[0], declared)
         scan_shape = self._scan_shape(streams[0], pixels)
-        frames = declared or _frames_from_ends(streams[0], scan_shape[0] * scan_shape[1])
+        pixels_per_frame = scan_shape[0] * scan_shape[1]
+        frames = declared or _frames_from_ends(self.source, streams[0], pixels_per_frame)
         last = frames if options.last_frame is None else int(options.last_frame)
         check_frame_range(int(options.first_frame), last, frames)
         sets = [streams] if options.sum_EDS_detectors else [[stream] for stream in streams]
@@ -429,7 +440,8 @@ class _VeloxReader:
         for group in self._members("SpectrumImage"):
             if "SpectrumImageSettings" in group:
                 try:
-                    return int(read_json(group["SpectrumImageSettings"])["endFramePosition"])
+                    settings = self._metadata(group, "SpectrumImageSettings")
+                    return int(settings["endFramePosition"])
                 except (KeyError, TypeError, ValueError):
                     return None
             return None
@@ -444,10 +456,10 @@ class _VeloxReader:
         stream wins.
         """
         candidates: list[tuple[int, int]] = []
-        images = [group["Data"].shape[:2] for group in self._members("Image")]
+        images = [self.source.dataset(group, "Data").shape[:2] for group in self._members("Image")]
         if images:
             candidates += [images[-1], images[0], *images]
-        metadata = read_json(stream["Metadata"])
+        metadata = self._metadata(stream)
         scan = metadata.get("Scan") or {}
         width = _float(scan, "ScanSize", "width", default=0.0) * (
             _float(scan, "ScanArea", "right", default=1.0)
@@ -488,11 +500,11 @@ class _VeloxReader:
             dtype,
         )
         if options.lazy:
-            seekable = all(frame_table(member) is not None for member in members)
+            seekable = all(frame_table(self.source, member) is not None for member in members)
             data = _lazy_spectrum_image(source, first, last, options.sum_frames, seekable)
         else:
             data = source.decode(first, last, options.sum_frames)
-        metadata = read_json(members[0]["Metadata"])
+        metadata = self._metadata(members[0])
         lead = 0 if options.sum_frames else 1
         axes = _spatial_axes(metadata, scan_shape, lead, True)
         energy = self._energy_axis(metadata, channels // options.rebin_energy, options.rebin_energy)
@@ -544,21 +556,21 @@ def _fixed_factor_axes(metadata: dict[str, Any], shape: tuple[int, ...]) -> list
     ]
 
 
-def _pixels_per_frame(stream: h5py.Group, frames: int | None) -> int | None:
+def _pixels_per_frame(source: Hdf5Source, stream: h5py.Group, frames: int | None) -> int | None:
     """Pixels per frame, counted from the stream's pixel ends, if they can be told apart."""
-    data = stream["Data"]
-    table = frame_table(stream)
+    data = stream_data(source, stream)
+    table = frame_table(source, stream)
     if table is not None and table.size >= 2:
-        first = np.asarray(data[: int(table[1])]).reshape(-1)
+        first = np.asarray(source.values(data, slice(int(table[1])))).reshape(-1)
         return int(np.count_nonzero(first == GATE))
     if not frames:
         return None
-    ends, trailing = count_ends(data)
+    ends, trailing = count_ends(source, data)
     return (ends + trailing) // frames if (ends + trailing) % frames == 0 else None
 
 
-def _frames_from_ends(stream: h5py.Group, pixels: int) -> int:
-    ends, trailing = count_ends(stream["Data"])
+def _frames_from_ends(source: Hdf5Source, stream: h5py.Group, pixels: int) -> int:
+    ends, trailing = count_ends(source, stream_data(source, stream))
     return max(1, -(-(ends + trailing) // pixels))
 
 
@@ -580,12 +592,12 @@ def _lazy_spectrum_image(
     return da.concatenate(frames, axis=0)  # type: ignore[no-untyped-call, unused-ignore]
 
 
-def read_velox(file: h5py.File, version: int, options: VeloxOptions) -> list[dict[str, Any]]:
+def read_velox(source: Hdf5Source, version: int, options: VeloxOptions) -> list[dict[str, Any]]:
     """Read the signals of a Velox EMD file (see :func:`stemcast.readers.emd.file_reader`).
 
     Parameters
     ----------
-    file
+    source
         The open file.
     version
         Its Velox version (:func:`velox_version`).
@@ -597,4 +609,4 @@ def read_velox(file: h5py.File, version: int, options: VeloxOptions) -> list[dic
     list of dict
         Signal dictionaries, with a HyperSpy ``mapping`` for images and EDS signals.
     """
-    return _VeloxReader(file, version, options).read()
+    return _VeloxReader(source, version, options).read()

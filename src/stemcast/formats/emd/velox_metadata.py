@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import h5py
 
 from stemcast.errors import FormatError
-from stemcast.formats.emd.hdf5 import read_json
+from stemcast.formats.emd.hdf5 import Hdf5Source, members
 
 __all__ = [
     "apply_mapping",
@@ -48,21 +48,22 @@ _SYMBOLS = ("", *_ELEMENTS.split(" "))
 Mapping_ = dict[str, tuple[str, Callable[[Any], Any] | None]]
 
 
-def metadata_groups(file: h5py.File) -> dict[str, Any]:
+def metadata_groups(source: Hdf5Source) -> dict[str, Any]:
     """Read the file-level JSON groups, ``{group: {name: JSON or {uuid: JSON}}}``."""
+    file = source.file
     groups: dict[str, Any] = {}
     for name in _GROUPS:
         if name not in file or not isinstance(file[name], h5py.Group):
             continue
         content: dict[str, Any] = {}
-        for key, node in file[name].items():
+        for key, node in members(file[name]):
             try:
                 if isinstance(node, h5py.Dataset):
-                    content[key] = read_json(node)
-                else:
+                    content[key] = source.json(node)
+                elif isinstance(node, h5py.Group):
                     content[key] = {
-                        uuid: read_json(item)
-                        for uuid, item in node.items()
+                        uuid: source.json(item)
+                        for uuid, item in members(node)
                         if isinstance(item, h5py.Dataset)
                     }
             except (FormatError, IndexError) as error:
@@ -169,7 +170,7 @@ def image_title(
     return str(entry.get("DetectorName", "Unrecognized_image_signal"))
 
 
-def display_labels(file: h5py.File, groups: Mapping[str, Any]) -> dict[str, str]:
+def display_labels(source: Hdf5Source, groups: Mapping[str, Any]) -> dict[str, str]:
     """Display label of each image (``{image uuid: label}``), used to title SI images.
 
     Velox < 11 keeps the label with the image's data path in
@@ -177,9 +178,12 @@ def display_labels(file: h5py.File, groups: Mapping[str, Any]) -> dict[str, str]
     entries to the image through ``SharedProperties/ImageSeriesDataReference``.
     """
     labels: dict[str, str] = {}
-    if "Presentation/Displays/ImageDisplay" in file:
-        for node in file["Presentation/Displays/ImageDisplay"].values():
-            display = read_json(node)
+    displays = source.file.get("Presentation/Displays/ImageDisplay")
+    if isinstance(displays, h5py.Group):
+        for _, node in members(displays):
+            if not isinstance(node, h5py.Dataset):
+                continue
+            display = source.json_object(node)
             label = (display.get("display") or {}).get("label")
             if label is not None and display.get("dataPath"):
                 labels[posixpath.basename(display["dataPath"])] = unquote(str(label))

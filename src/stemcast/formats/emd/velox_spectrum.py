@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import FormatError, ParameterError
+from stemcast.formats.emd.hdf5 import Hdf5Source, members, open_hdf5
 
 __all__ = [
     "GATE",
@@ -309,24 +310,26 @@ class SpectrumStreamSource:
             The cube.
         """
         out = np.zeros(self.shape(first_frame, last_frame, sum_frames), dtype=self.dtype)
-        with h5py.File(self.path, "r") as file:
+        with open_hdf5(self.path) as source:
             for stream in self.streams:
-                self._accumulate(file[stream], out, first_frame, last_frame, sum_frames)
+                group = source.file[stream]
+                self._accumulate(source, group, out, first_frame, last_frame, sum_frames)
         return out
 
     def _accumulate(
         self,
+        source: Hdf5Source,
         group: h5py.Group,
         out: npt.NDArray[Any],
         first_frame: int,
         last_frame: int,
         sum_frames: bool,
     ) -> None:
-        data = group["Data"]
-        start_frame, start, stop = self.seek(group, first_frame, last_frame)
-        source = f"spectrum stream {data.name!r}"
+        data = stream_data(source, group)
+        start_frame, start, stop = self.seek(source, group, first_frame, last_frame)
+        stream = f"spectrum stream {data.name!r}"
         done = accumulate_spectrum_stream(
-            _blocks(data, start, stop),
+            _blocks(source, data, start, stop),
             out,
             pixels=self.pixels,
             channels=self.channels,
@@ -335,7 +338,7 @@ class SpectrumStreamSource:
             sum_frames=sum_frames,
             rebin_energy=self.rebin_energy,
             start_frame=start_frame,
-            source=source,
+            source=stream,
             path=self.path,
         )
         # A stream may omit the end marker of its very last pixel.
@@ -344,12 +347,14 @@ class SpectrumStreamSource:
             _logger.warning(
                 "%s: %s ends %d pixels before the end of frame %d; those pixels are empty",
                 self.path,
-                source,
+                stream,
                 missing,
                 last_frame - 1,
             )
 
-    def seek(self, group: h5py.Group, first_frame: int, last_frame: int) -> tuple[int, int, int]:
+    def seek(
+        self, source: Hdf5Source, group: h5py.Group, first_frame: int, last_frame: int
+    ) -> tuple[int, int, int]:
         """Where to decode frames ``first_frame:last_frame`` of a stream.
 
         Uses ``FrameLocationTable`` when it is present and consistent (each frame after the
@@ -360,15 +365,15 @@ class SpectrumStreamSource:
         tuple of int
             ``(frame at start, start element, stop element)``.
         """
-        data = group["Data"]
+        data = stream_data(source, group)
         length = data.shape[0]
-        table = frame_table(group)
+        table = frame_table(source, group)
         if table is None or first_frame >= len(table):
             return 0, 0, length
         start = int(table[first_frame])
         stop = int(table[last_frame]) if last_frame < len(table) else length
         for index in {start, stop} - {0, length}:
-            if int(np.asarray(data[index - 1]).reshape(-1)[0]) != GATE:
+            if int(np.asarray(source.values(data, index - 1)).reshape(-1)[0]) != GATE:
                 _logger.warning(
                     "%s: FrameLocationTable of %r does not point after a pixel end; "
                     "decoding the whole stream",
@@ -379,30 +384,40 @@ class SpectrumStreamSource:
         return first_frame, start, stop
 
 
-def frame_table(group: h5py.Group) -> npt.NDArray[np.int64] | None:
+def stream_data(source: Hdf5Source, group: h5py.Group) -> h5py.Dataset:
+    """Return the ``Data`` dataset of a stream group, checked (see :meth:`Hdf5Source.check`)."""
+    data = source.dataset(group, "Data")
+    source.check(data)
+    return data
+
+
+def frame_table(source: Hdf5Source, group: h5py.Group) -> npt.NDArray[np.int64] | None:
     """Return the ``FrameLocationTable`` of a stream group, if present and consistent."""
-    if "FrameLocationTable" not in group:
+    node = group.get("FrameLocationTable")
+    if not isinstance(node, h5py.Dataset):
         return None
-    table = np.asarray(group["FrameLocationTable"][()], dtype=np.int64).reshape(-1)
-    length = group["Data"].shape[0]
+    table = np.asarray(source.values(node), dtype=np.int64).reshape(-1)
+    length = stream_data(source, group).shape[0]
     if table.size == 0 or table[0] != 0 or np.any(np.diff(table) < 0) or table[-1] > length:
         return None
     return table
 
 
-def count_ends(data: h5py.Dataset) -> tuple[int, int]:
+def count_ends(source: Hdf5Source, data: h5py.Dataset) -> tuple[int, int]:
     """Pixel ends of a stream, and 1 if events follow the last one (final marker omitted)."""
     ends = 0
     last = GATE
-    for block in _blocks(data, 0, data.shape[0]):
+    for block in _blocks(source, data, 0, data.shape[0]):
         ends += int(np.count_nonzero(block == GATE))
         last = int(block[-1]) if block.size else last
     return ends, int(last != GATE)
 
 
-def _blocks(data: h5py.Dataset, start: int, stop: int) -> Iterator[npt.NDArray[np.uint16]]:
+def _blocks(
+    source: Hdf5Source, data: h5py.Dataset, start: int, stop: int
+) -> Iterator[npt.NDArray[np.uint16]]:
     for first in range(start, stop, _BLOCK):
-        yield np.asarray(data[first : min(first + _BLOCK, stop)]).reshape(-1)
+        yield np.asarray(source.values(data, slice(first, min(first + _BLOCK, stop)))).reshape(-1)
 
 
 def stream_groups(file: h5py.File) -> list[h5py.Group]:
@@ -412,6 +427,9 @@ def stream_groups(file: h5py.File) -> list[h5py.Group]:
         return []
     return [
         group
-        for group in node.values()
-        if isinstance(group, h5py.Group) and "Data" in group and group["Data"].shape[0] > 0
+        for _, group in members(node)
+        if isinstance(group, h5py.Group)
+        and isinstance(group.get("Data"), h5py.Dataset)
+        and group["Data"].ndim > 0
+        and group["Data"].shape[0] > 0
     ]

@@ -65,6 +65,11 @@ class FrameSource:
         """
         nav_ndim = len(self.nav_shape)
         ranges = [key[axis].indices(self.shape[axis]) for axis in range(nav_ndim)]
+        block_nav = tuple(max(stop - start, 0) for start, stop, _ in ranges)
+        if 0 in block_nav:  # an empty block (a run without frames): nothing to read
+            signal_shape = np.empty(self.run.layout.frame_shape)[key[nav_ndim:]].shape
+            empty: npt.NDArray[Any] = np.empty((*block_nav, *signal_shape), self.dtype)
+            return empty.view(FrameChunk)
         if nav_ndim == 0:
             lo, hi = self.first, self.first + 1
         else:
@@ -82,7 +87,6 @@ class FrameSource:
             span = [stop - start for start, stop, _ in ranges]
             if int(np.prod(span)) != hi - lo:
                 frames = _select_block(frames, ranges, self.nav_shape, lo - self.first)
-        block_nav = tuple(max(stop - start, 0) for start, stop, _ in ranges)
         frames = frames.reshape(*block_nav, *frames.shape[1:])
         signal: tuple[Any, ...] = (Ellipsis, *key[nav_ndim:])
         if any(part != slice(None) for part in signal[1:]):
@@ -129,7 +133,9 @@ def read_frames(
     return out.reshape(*nav_shape, *layout.frame_shape)
 
 
-def in_blocks(count: int, per_block: int, work: Callable[[int, int], None]) -> None:
+def in_blocks(
+    count: int, per_block: int, work: Callable[[int, int], None], *, threads: int | None = None
+) -> None:
     """Call ``work(start, stop)`` for consecutive blocks of ``range(count)``, one thread per core.
 
     Parameters
@@ -140,12 +146,14 @@ def in_blocks(count: int, per_block: int, work: Callable[[int, int], None]) -> N
         Items per block (the last block may be shorter).
     work
         Called once per block, from a pool thread; it should release the GIL (numpy does).
+    threads
+        Most blocks worked on at once (default: one per core).
     """
 
     def run_block(start: int) -> None:
         work(start, min(start + per_block, count))
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
         list(pool.map(run_block, range(0, count, max(per_block, 1))))
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stemcast.errors import ParameterError
+from stemcast.errors import FormatError, ParameterError
 from stemcast.formats._frame_sums import as_frames
 from stemcast.formats._mmap import resolve_mmap_mode
 from stemcast.formats.mib.layout import MibLayout
@@ -386,7 +386,7 @@ def scan_shape_of(
         Intended shape and evidence.
     """
     frames = prop.frame_number_in_file or 0
-    read = prop.run.headers if prop.run is not None and prop.timestamp else None
+    read = prop.run.timestamps_ns if prop.run is not None and prop.timestamp else None
     return run_scan_shape(frames, HdrScan.from_entries(hdr), navigation_shape, read)
 
 
@@ -500,6 +500,13 @@ def _open_run(
         _logger.warning("`hdr` file couldn't be found.")
     scan = scan_shape_of(prop, hdr, navigation_shape)
     nav_arg = scan.shape if len(scan.shape) > 1 or navigation_shape is not None else None
+    frames = prop.frame_number_in_file or 0
+    if navigation_shape is None and nav_arg is not None and not complete_lines(nav_arg, frames)[-1]:
+        raise FormatError(
+            f"the scan shape {nav_arg} (evidence: {scan.evidence.value}) needs "
+            f"{int(np.prod(nav_arg[:-1]))} frames for one complete line, the run has {frames}",
+            path=filename,
+        )
     return prop, hdr, scan, nav_arg
 
 

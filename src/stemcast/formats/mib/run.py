@@ -102,7 +102,7 @@ def run_scan_shape(
     frames: int,
     hdr: HdrScan,
     navigation_shape: Sequence[int] | None,
-    read_headers: Callable[[int, int], npt.NDArray[Any]] | None,
+    read_timestamps: Callable[[int, int], npt.NDArray[np.int64]] | None,
 ) -> ScanShape:
     """Infer the scan shape of a Merlin run: the user's shape, its ``.hdr``, its timestamps.
 
@@ -114,9 +114,9 @@ def run_scan_shape(
         What the run's ``.hdr`` says of the scan.
     navigation_shape
         The user's shape ``(x, y)``, if given.
-    read_headers
-        Reads the raw headers of frames ``start:stop``, for their timestamps; ``None`` when
-        the frames hold none.
+    read_timestamps
+        Reads the timestamps of frames ``start:stop`` (nanoseconds); ``None`` when the
+        frames hold none.
 
     Returns
     -------
@@ -134,9 +134,8 @@ def run_scan_shape(
     needs_timestamps = (
         navigation_shape is None and hdr.scan_size is None and (hdr.frames_per_trigger or 1) <= 1
     )
-    if needs_timestamps and read_headers is not None and frames > 2:
-        headers = read_headers(0, min(frames, _TIMESTAMP_FRAMES))
-        evidence["timestamps_ns"] = timestamps_ns(headers)
+    if needs_timestamps and read_timestamps is not None and frames > 2:
+        evidence["timestamps_ns"] = read_timestamps(0, min(frames, _TIMESTAMP_FRAMES))
     return infer_scan_shape(frames, **evidence)
 
 
@@ -165,7 +164,9 @@ class MibRun(Source):
     hdr: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, follow_siblings: bool = True) -> MibRun:
+    def open(
+        cls, path: str | os.PathLike[str], *, follow_siblings: bool = True, hdr: bool = True
+    ) -> MibRun:
         """Open the run that ``path`` belongs to.
 
         Parameters
@@ -176,6 +177,9 @@ class MibRun(Source):
             Whether to look for the other files of a run split over several files
             (``NAME1.mib``, ``NAME2.mib``, ...): those whose first frame continues the
             sequence numbers of the previous one, with the same layout.
+        hdr
+            Whether to read the run's ``.hdr``; without it the run has none (the live
+            service reads it itself, again until it parses: the camera may write it late).
 
         Returns
         -------
@@ -195,14 +199,13 @@ class MibRun(Source):
             first = header if member == path else read_first_header(member)
             frames = os.path.getsize(member) // layout.record_size
             segments.append(MibSegment(member, frames, first.sequence_number))
-        hdr_path = find_hdr(paths[0])
-        hdr = read_hdr(hdr_path) if hdr_path is not None else {}
+        hdr_path = find_hdr(paths[0]) if hdr else None
         run = cls(
             tuple(segments),
             layout,
             read_first_header(paths[0]),
             os.fspath(hdr_path) if hdr_path is not None else None,
-            hdr,
+            read_hdr(hdr_path) if hdr_path is not None else {},
         )
         run.check_last_record()
         return run
@@ -219,7 +222,7 @@ class MibRun(Source):
         Returns
         -------
         MibRun
-            The run as it is now (``self`` when nothing changed).
+            The run as it is now (``self`` when nothing changed), with the ``.hdr`` it had.
         """
         last = self.segments[-1]
         frames = os.path.getsize(last.path) // self.layout.record_size
@@ -234,7 +237,7 @@ class MibRun(Source):
             )
         if not siblings or not _TRAILING_DIGITS.match(Path(self.path).stem):
             return self
-        now = MibRun.open(self.path)
+        now = replace(MibRun.open(self.path, hdr=False), hdr_path=self.hdr_path, hdr=self.hdr)
         known = [segment.path for segment in self.segments]
         if now.layout != self.layout or [s.path for s in now.segments[: len(known)]] != known:
             raise FormatError(
@@ -297,7 +300,7 @@ class MibRun(Source):
         """
         timed = self.first_header.utc_time is not None
         return run_scan_shape(
-            self.frames, self.hdr_scan, navigation_shape, self.headers if timed else None
+            self.frames, self.hdr_scan, navigation_shape, self.timestamps_ns if timed else None
         )
 
     def scan(self) -> ScanGrid:
@@ -520,6 +523,22 @@ class MibRun(Source):
             low, high = min(low, values.min()), max(high, values.max())
             del mapped, values
         return float(low), float(high)
+
+    def timestamps_ns(self, start: int, stop: int) -> npt.NDArray[np.int64]:
+        """Return the timestamps of frames ``start:stop`` (MQ1A block), ns since the epoch.
+
+        Raises
+        ------
+        FormatError
+            Naming the file and the offset of the first header without a valid timestamp.
+        """
+        return timestamps_ns(self.headers(start, stop), locate=lambda i: self.locate(start + i))
+
+    def locate(self, frame: int) -> tuple[str, int]:
+        """Return the file of frame ``frame`` of the run and the offset of its record."""
+        index, local = self._locate(frame)
+        segment = self.segments[min(index, len(self.segments) - 1)]
+        return segment.path, local * self.record_size
 
     def headers(self, start: int, stop: int) -> npt.NDArray[Any]:
         """Return the raw header bytes of frames ``start:stop``."""

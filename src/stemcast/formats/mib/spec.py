@@ -7,7 +7,7 @@ field definitions. Field numbers follow the layout of the Merlin software (see d
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -463,18 +463,52 @@ def parse_timestamps(headers: bytes | Iterable[bytes], max_index: int = 10000) -
     return [_extended_field(item, -3) for item in _headers_list(headers, max_index)]
 
 
-def timestamps_ns(headers: Iterable[bytes]) -> npt.NDArray[np.int64]:
+def timestamps_ns(
+    headers: Iterable[bytes], *, locate: Callable[[int], tuple[str, int]] | None = None
+) -> npt.NDArray[np.int64]:
     """Frame timestamps in nanoseconds since the epoch, from the MQ1A block of each header.
 
     Parameters
     ----------
     headers
         Raw frame headers.
+    locate
+        Gives the file and byte offset of header ``i``, for error messages.
 
     Returns
     -------
     numpy.ndarray
         One ``int64`` per header.
+
+    Raises
+    ------
+    FormatError
+        If a header has no MQ1A timestamp, or one that is not an ISO 8601 time.
     """
-    stamps = [item.removesuffix("Z") for item in parse_timestamps(headers, max_index=-1)]
-    return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
+    items = list(headers)
+    try:
+        stamps = [item.removesuffix("Z") for item in parse_timestamps(items, max_index=-1)]
+        return np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
+    except (ValueError, IndexError, OverflowError):
+        # Only now look for the culprit, header by header: the vectorised parse stays fast.
+        for index, item in enumerate(items):
+            try:
+                stamp = _extended_field(bytes(item), -3)
+                np.datetime64(stamp.removesuffix("Z"), "ns")
+            except (ValueError, IndexError, OverflowError):
+                path, offset = locate(index) if locate is not None else (None, None)
+                header = "frame header" if locate is not None else f"frame header {index}"
+                raise FormatError(
+                    f"{header} has no valid MQ1A timestamp (found {_field_text(item)!r})",
+                    path=path,
+                    offset=offset,
+                ) from None
+        raise
+
+
+def _field_text(header: bytes) -> str:
+    """Return the field where a header's MQ1A timestamp should be, cut for messages."""
+    try:
+        return _extended_field(bytes(header), -3)[:40]
+    except IndexError:
+        return ""

@@ -32,7 +32,12 @@ Kernel = Callable[[npt.NDArray[Any]], npt.NDArray[Any]]
 
 
 def frame_totals(
-    run: MibRun, first: int, count: int, mask: npt.ArrayLike | None = None
+    run: MibRun,
+    first: int,
+    count: int,
+    mask: npt.ArrayLike | None = None,
+    *,
+    threads: int | None = None,
 ) -> npt.NDArray[np.uint64]:
     """Sum frames ``first:first+count`` of a run over a mask, without keeping the frames.
 
@@ -45,6 +50,9 @@ def frame_totals(
     mask
         Boolean array of the frame shape, in the orientation of ``file_reader`` (rows flipped
         with respect to the file); ``None`` sums every pixel.
+    threads
+        Most blocks summed at once (default: one per core); a live consumer that must leave
+        the processor to others takes one.
 
     Returns
     -------
@@ -62,7 +70,7 @@ def frame_totals(
     def block(start: int, stop: int) -> None:
         totals[start:stop] = kernel(block_records(run, first + start, first + stop)["data"])
 
-    in_blocks(count, max(1, _BLOCK_BYTES // layout.record_size), block)
+    in_blocks(count, max(1, _BLOCK_BYTES // layout.record_size), block, threads=threads)
     return totals
 
 

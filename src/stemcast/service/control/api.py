@@ -46,6 +46,7 @@ from stemcast.service.control.requests import (
 )
 from stemcast.service.control.target import ControlTarget
 from stemcast.service.jobs.manager import JobConflict
+from stemcast.service.paths import inside
 from stemcast.service.state.records import JobRecord, JobStatus, RunRecord, RunStatus
 
 __all__ = ["SERVICE", "ApiError", "make_app", "make_runner"]
@@ -97,9 +98,12 @@ def make_app(service: ControlTarget) -> web.Application:
     -------
     aiohttp.web.Application
         Routes ``GET /runs``, ``GET /runs/{id}``, ``POST /runs/{id}/convert``,
-        ``POST /convert``, ``GET /jobs``, ``GET /jobs/{id}``, ``DELETE /jobs/{id}``, and
-        the probes ``GET /health``, ``GET /ready``, ``GET /metrics``.
+        ``POST /convert``, ``GET /jobs``, ``GET /jobs/{id}``, ``DELETE /jobs/{id}``, the
+        probes ``GET /health``, ``GET /ready``, ``GET /metrics``, and the live viewer at
+        ``GET /`` (:mod:`stemcast.service.viewer`).
     """
+    from stemcast.service.viewer.routes import add_viewer
+
     app = web.Application(middlewares=[_json_errors, _authorize], client_max_size=MAX_BODY_BYTES)
     app[SERVICE] = service
     app.add_routes(
@@ -114,6 +118,7 @@ def make_app(service: ControlTarget) -> web.Application:
             *probes.routes(service),
         ]
     )
+    add_viewer(app, service)
     return app
 
 
@@ -456,7 +461,7 @@ def _confine(text: str, roots: list[str]) -> tuple[str, str]:
         if not os.path.lexists(candidate) and len(candidates) > 1:
             continue
         real = os.path.realpath(candidate)
-        root = next((root for root in roots if _inside(real, root)), None)
+        root = next((root for root in roots if inside(real, root)), None)
         if root is None:
             raise ApiError(
                 403,
@@ -466,7 +471,3 @@ def _confine(text: str, roots: list[str]) -> tuple[str, str]:
             raise ApiError(404, f"{text}: no such file")
         return real, root
     raise ApiError(404, f"{text}: no such file in the watch folders or input_roots")
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)

@@ -188,9 +188,7 @@ def convert_live_in_worker(
         JobControl.report(folder, done, total)
 
     progress = throttled(report, _PROGRESS_INTERVAL_S)
-    run = open_run(source)
-    rows, cols = run.frame_shape
-    step = max(1, _BATCH_BYTES // max(rows * cols * run.dtype.itemsize, 1))
+    step = 1
     conversion: LiveConversion | None = None
     #: Frames written when the worker last caught up (and said so).
     caught_up = -1
@@ -200,6 +198,11 @@ def convert_live_in_worker(
                 raise Cancelled(f"conversion of {source} cancelled")
             state = _read_state(folder)
             if conversion is None and state.get("scan") is not None:
+                # Opened once the scan is known: the camera may write the .hdr a moment
+                # after the .mib, and the service has read it by then.
+                run = open_run(source)
+                rows, cols = run.frame_shape
+                step = max(1, _BATCH_BYTES // max(rows * cols * run.dtype.itemsize, 1))
                 scan = ScanShape(tuple(state["scan"]), Evidence(state["evidence"]), state["detail"])
                 conversion = LiveConversion(
                     run, targets, output_dir, scan, options=options, relative_to=relative_to

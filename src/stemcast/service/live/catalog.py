@@ -173,7 +173,8 @@ class SeriesEntry:
         """
         batch = self.source.read(start, stop, buffers)
         headers = batch.headers
-        return batch, FrameFields(self.source.times_ns(headers), self.source.exposure_ms(headers))
+        times = self.source.times_ns(headers, start)
+        return batch, FrameFields(times, self.source.exposure_ms(headers))
 
     def recent_frames(self, start: int, stop: int) -> tuple[FrameBatch, FrameFields] | None:
         """Frames from ``start`` to at most ``stop`` out of :attr:`recent`, if it holds ``start``.

@@ -13,7 +13,12 @@ last frame arrives. Otherwise it ends when its files stop growing for the idle t
 next run starts in the same folder: ``complete`` (the reason says which), unless the scan is
 visibly cut short (frames missing from a known count, a last scan line of a known width not
 complete, a rotator index stopping within its scan, half a record at the end): then
-``interrupted``. Files that turn out corrupt or vanish end it ``failed``. When the service
+``interrupted``. Files that turn out corrupt or vanish end it ``failed``, and so does any
+other error while it is followed: the run gets its ``series_end`` and its registry row says
+why, never a run left ``following`` while the service goes on. When a batch cannot be
+decoded, it is read again frame by frame, so the frames before the bad one are published.
+A ``.hdr`` the camera writes after the ``.mib`` appeared is taken when it parses (frame
+count, scan shape). When the service
 stops, a run that has not ended stays ``following`` in the registry, without a
 ``series_end``: the next start resumes it under the same series id (``resumed``), reading it
 again from its files, so that its clients and its outputs continue where they were.
@@ -34,11 +39,11 @@ from typing import TYPE_CHECKING, Any
 import numpy.typing as npt
 
 from stemcast.batch import BufferPool, FrameBatch
-from stemcast.errors import StemcastError
 from stemcast.service.config import ServiceSettings
 from stemcast.service.live.catalog import FrameFields, SeriesEntry
 from stemcast.service.live.navigation import NavigationTracker
 from stemcast.service.live.publisher import Publisher, SeriesState
+from stemcast.service.live.reasons import describe
 from stemcast.service.live.tail import FollowedRun, series_fields
 from stemcast.service.metrics import Metrics
 from stemcast.service.state.records import RunStatus
@@ -76,6 +81,14 @@ class _Records:
         if batch is not None:
             batch = FrameBatch(batch.start, batch.frames[:keep], batch.headers[:keep])
         return _Records(self.start, self.headers[:keep], batch, self.first if keep else None)
+
+
+class _Undecodable(Exception):
+    """Frames ``start:stop`` could not be read or decoded; nothing of them was published."""
+
+    def __init__(self, start: int, stop: int, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.start, self.stop, self.error = start, stop, error
 
 
 class RunFollower:
@@ -142,16 +155,15 @@ class RunFollower:
         self.published = 0
         self.status: RunStatus | None = None
         self._ahead: asyncio.Task[_Records] | None = None
+        self._ahead_stop = 0
+        #: Frames up to here are read one at a time: a batch before them failed to decode.
+        self._one_by_one = 0
+        self._announced = False
         #: Where batches are read: reused once the data clients have sent their frames.
         self._buffers = BufferPool()
         self.state = SeriesState(resume or str(uuid.uuid4()), series_fields(source))
-        self.navigation = NavigationTracker(
-            user=settings.navigation_shape,
-            hdr_shape=source.hdr_shape,
-            frames_per_line=source.frames_per_line,
-            frames_expected=source.frames_expected,
-            timestamp_frames=settings.timestamp_frames,
-        )
+        self._announcement = self._announces()
+        self.navigation = self._tracker()
         header = {"series": self.state.series, **self.state.fields, **self._nav_fields()}
         self.entry = SeriesEntry(self.state.series, header, source, self.navigation.position)
 
@@ -169,6 +181,32 @@ class RunFollower:
         self.superseded.set()
         self.wake.set()
 
+    def _announces(self) -> tuple[object, ...]:
+        """Return what the acquisition announced (``.hdr``): frames, scan, frames per line."""
+        source = self.source
+        return source.frames_expected, source.hdr_shape, source.frames_per_line
+
+    def _tracker(self) -> NavigationTracker:
+        """Track the scan shape; announced values that make no scan are left out, told once."""
+        settings, source = self.settings, self.source
+        try:
+            return NavigationTracker(
+                user=settings.navigation_shape,
+                hdr_shape=source.hdr_shape,
+                frames_per_line=source.frames_per_line,
+                frames_expected=source.frames_expected,
+                timestamp_frames=settings.timestamp_frames,
+            )
+        except Exception as error:  # what a file announces must not stop its run
+            _logger.warning(
+                "run %s: what its .hdr announces is ignored: %s",
+                self.state.series,
+                describe(error, self.path),
+            )
+            return NavigationTracker(
+                user=settings.navigation_shape, timestamp_frames=settings.timestamp_frames
+            )
+
     def _nav_fields(self) -> dict[str, Any]:
         scan = self.navigation.scan
         if scan is None:
@@ -179,11 +217,38 @@ class RunFollower:
     async def run(self) -> RunStatus:
         """Follow the run to its end and announce the end.
 
+        Any error while the run is followed ends it ``failed`` with the reason (never the
+        service): the run gets its ``series_end`` and its registry row.
+
         Returns
         -------
         RunStatus
             How the run ended: complete, interrupted or failed.
         """
+        try:
+            await self._start()
+            ended = await self._follow()
+        except Exception as error:  # any failure ends this run, not the service
+            ended = RunStatus.FAILED, self._failure(error)
+            _logger.error("run %s failed: %s", self.state.series, ended[1])
+        finally:
+            if self._ahead is not None:
+                self._ahead.cancel()
+                await asyncio.gather(self._ahead, return_exceptions=True)
+        if ended is None:
+            await self._leave()
+            return RunStatus.FOLLOWING
+        await self._end(*ended)
+        return ended[0]
+
+    def _failure(self, error: Exception) -> str:
+        """Why the run failed, in one bounded line that names its file (and frame)."""
+        if isinstance(error, _Undecodable):
+            return f"{describe(error.error, self.path)} (frame {error.start})"
+        return describe(error, self.path)
+
+    async def _start(self) -> None:
+        """Record the run, start its live conversion, and announce its series."""
         _logger.info(
             "run %s: %s %s (%s, %s frames of %s)",
             self.state.series,
@@ -213,21 +278,13 @@ class RunFollower:
         if self.started is not None:
             await self.started(self)
         self._report_lag()
-        self.publisher.series(self.state, self.entry)
-        try:
-            ended = await self._follow()
-        except (StemcastError, OSError) as error:
-            ended = RunStatus.FAILED, str(error)
-            _logger.error("run %s failed: %s: %s", self.state.series, self.path, ended[1])
-        finally:
-            if self._ahead is not None:
-                self._ahead.cancel()
-                await asyncio.gather(self._ahead, return_exceptions=True)
-        if ended is None:
-            await self._leave()
-            return RunStatus.FOLLOWING
-        await self._end(*ended)
-        return ended[0]
+        self._announce()
+
+    def _announce(self) -> None:
+        """Announce the series (once)."""
+        if not self._announced:
+            self._announced = True
+            self.publisher.series(self.state, self.entry)
 
     async def _follow(self) -> tuple[RunStatus, str] | None:
         """Read the run to its end: how it ended, or ``None`` when the service stops first."""
@@ -240,7 +297,11 @@ class RunFollower:
             if navigation.frames_expected is not None:
                 available = min(available, navigation.frames_expected)
             if self.published < available:
-                await self._publish(available)
+                try:
+                    await self._publish(available)
+                except _Undecodable as failed:
+                    await self._narrow(failed)
+                    continue
                 last_growth = time.monotonic()
                 final_look = False
                 expected = navigation.frames_expected
@@ -267,6 +328,64 @@ class RunFollower:
             if rescan or settings.polling or self.source.grew():
                 await asyncio.to_thread(self.source.refresh, rescan=rescan)
             self._report_lag()
+            if rescan and self._announces() != self._announcement:
+                await self._late_hdr()
+                expected = navigation.frames_expected
+                if expected is not None and self.published >= expected:
+                    return RunStatus.COMPLETE, navigation.complete_reason
+
+    async def _narrow(self, failed: _Undecodable) -> None:
+        """Read a batch that failed again frame by frame; a frame that fails alone ends the run.
+
+        Raises
+        ------
+        _Undecodable
+            When the frame was read alone: the run fails, after the frames before it were
+            published.
+        """
+        if self._ahead is not None:
+            self._ahead.cancel()
+            await asyncio.gather(self._ahead, return_exceptions=True)
+            self._ahead = None
+        if failed.stop - failed.start <= 1:
+            raise failed
+        _logger.warning(
+            "run %s: frames %d:%d cannot be decoded together (%s): reading them one by one",
+            self.state.series,
+            failed.start,
+            failed.stop,
+            describe(failed.error, self.path),
+        )
+        self._one_by_one = failed.stop
+
+    async def _late_hdr(self) -> None:
+        """Take what a ``.hdr`` that parsed after the run started announces."""
+        self._announcement = self._announces()
+        source, navigation = self.source, self.navigation
+        try:
+            changed = navigation.announce(
+                hdr_shape=source.hdr_shape,
+                frames_per_line=source.frames_per_line,
+                frames_expected=source.frames_expected,
+            )
+        except Exception as error:  # what a file announces must not stop its run
+            _logger.warning(
+                "run %s: what its .hdr announces is ignored: %s",
+                self.state.series,
+                describe(error, self.path),
+            )
+            return
+        self.entry.header.update(frames_expected=source.frames_expected, metadata=source.metadata())
+        _logger.info(
+            "run %s: its .hdr was read at frame %d: %s frames expected",
+            self.state.series,
+            self.published,
+            navigation.frames_expected or "an unknown number of",
+        )
+        if changed:
+            if self.live is not None:
+                self.live.advance(self.published, navigation.scan)
+            await self._shape_found()
 
     async def _nap(self, seconds: float) -> None:
         """Wait until woken (the run's files changed) or ``seconds`` passed.
@@ -350,17 +469,26 @@ class RunFollower:
         rows, cols = self.source.frame_shape
         frame_bytes = max(1, rows * cols * self.source.dtype.itemsize)
         size = max(1, self.settings.batch_bytes // frame_bytes)
+        if self.published < self._one_by_one:
+            size = 1
         self._report_lag()
-        reading = self._ahead or self._read(self.published, min(available, self.published + size))
+        start = self.published
+        stop = self._ahead_stop if self._ahead is not None else min(available, start + size)
+        reading = self._ahead or self._read(start, stop)
         self._ahead = None
-        records = await reading
-        following = min(available, records.stop + size)
+        try:
+            records = await reading
+            following = min(available, records.stop + size)
+            headers = records.headers
+            times = self.source.times_ns(headers, start)
+            fields = self.source.header_fields(headers)
+            exposure = self.source.exposure_ms(headers)
+        except Exception as error:  # decoding a file's bytes can fail in any way
+            raise _Undecodable(start, stop, error) from error
         if records.stop < following:
-            self._ahead = self._read(records.stop, following)
-        headers = records.headers
-        times = self.source.times_ns(headers)
+            self._ahead, self._ahead_stop = self._read(records.stop, following), following
         evidence = times if self.source.timestamps_show_lines else None
-        found = self.navigation.add(evidence, self.source.header_fields(headers))
+        found = self.navigation.add(evidence, fields)
         expected = self.navigation.frames_expected
         if expected is not None and records.stop > expected:
             # The scan ended within the batch (its rotator index dropped): the rest is not
@@ -370,12 +498,12 @@ class RunFollower:
         count = len(records.headers)
         if self.metrics is not None:
             self.metrics.ingested(self.source.detector, count, count * self.source.record_size)
-        fields = FrameFields(times, self.source.exposure_ms(records.headers))
+        frame_fields = FrameFields(times, exposure)
         if records.batch is None:
-            first = None if records.first is None else (records.first, fields[:1])
+            first = None if records.first is None else (records.first, frame_fields[:1])
             self.publisher.readable(self.state, self.entry, records.stop, count, first)
         else:
-            self.publisher.frames(self.state, self.entry, records.batch, fields)
+            self.publisher.frames(self.state, self.entry, records.batch, frame_fields)
         self.published = records.stop
         scan = self.navigation.scan
         if self.live is not None:
@@ -435,6 +563,7 @@ class RunFollower:
 
     async def _end(self, status: RunStatus, reason: str) -> None:
         self.status, self.reason = status, reason
+        self._announce()
         if self.metrics is not None:
             self.metrics.tail_finished(self.state.series)
         scan, filled = self.navigation.final(self.published)

@@ -54,6 +54,7 @@ class NavigationTracker:
         self.frames_expected = frames_expected
         #: Why the run is complete once :attr:`frames_expected` frames have arrived.
         self.complete_reason = f"all {frames_expected} frames announced by the .hdr"
+        self._user = user
         self._capacity = timestamp_frames
         self._times: list[npt.NDArray[np.int64]] = []
         self._kept = 0
@@ -244,3 +245,41 @@ class NavigationTracker:
             reason = scan.detail if scan is not None else "no scan shape found: a stack of frames"
             return ScanShape((frames,), Evidence.NONE, reason), (frames,)
         return scan, complete_lines(scan.shape, frames)
+
+    def announce(
+        self,
+        *,
+        hdr_shape: Sequence[int] | None = None,
+        frames_per_line: int | None = None,
+        frames_expected: int | None = None,
+    ) -> bool:
+        """Take what the acquisition software announced after the run started (a late ``.hdr``).
+
+        The announced frame count is taken if none was known; the announced scan replaces
+        none, or one found from timestamps (the ``.hdr`` is the stronger evidence), never the
+        user's.
+
+        Returns
+        -------
+        bool
+            Whether the scan shape changed.
+        """
+        announced = NavigationTracker(
+            user=self._user,
+            hdr_shape=hdr_shape,
+            frames_per_line=frames_per_line,
+            frames_expected=frames_expected,
+            timestamp_frames=self._capacity,
+        )
+        before = self.scan
+        if self.frames_expected is None and announced.frames_expected is not None:
+            self.frames_expected = announced.frames_expected
+            self.complete_reason = announced.complete_reason
+        timed = self.scan is not None and self.scan.evidence is Evidence.TIMESTAMPS
+        if announced.scan is not None and (self.scan is None or timed):
+            self.scan = announced.scan
+        elif self.scan is not None and timed and self.frames_expected:
+            width = self.scan.shape[0]
+            height = self.frames_expected // width
+            self.scan = ScanShape((width, height), Evidence.TIMESTAMPS, self.scan.detail)
+        return self.scan != before

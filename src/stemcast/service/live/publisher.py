@@ -23,6 +23,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from stemcast.batch import FrameBatch
+from stemcast.errors import StemcastError
 from stemcast.protocol import FRAME, SERIES, SERIES_END, encode_header
 from stemcast.service.live.catalog import Catalog, FrameFields, SeriesEntry
 from stemcast.service.live.dataserver import DataServer
@@ -63,6 +64,12 @@ class Publisher:
         Most bytes of frames read back from the files at a time for one data client.
     metrics
         Where to count sent and dropped frames, send times and connected subscribers.
+
+    Raises
+    ------
+    StemcastError
+        When an endpoint cannot be bound (in use, not a valid address), naming the
+        endpoint and the option that sets it.
     """
 
     def __init__(
@@ -79,19 +86,29 @@ class Publisher:
     ) -> None:
         self.metrics = metrics
         self.catalog = Catalog()
-        self.data = DataServer(
-            data_endpoint,
-            self.catalog,
-            max_credit=data_credit,
-            batch_bytes=batch_bytes,
-            client_timeout_s=client_timeout_s,
-            metrics=metrics,
-        )
+        try:
+            self.data = DataServer(
+                data_endpoint,
+                self.catalog,
+                max_credit=data_credit,
+                batch_bytes=batch_bytes,
+                client_timeout_s=client_timeout_s,
+                metrics=metrics,
+            )
+        except zmq.ZMQError as error:
+            raise _bind_error("data", data_endpoint, error) from None
         self.context = zmq.Context()
         self.preview = self.context.socket(zmq.PUB)
         self.preview.sndhwm = preview_hwm
         self.preview.linger = 0
-        self.preview.bind(preview_endpoint)
+        try:
+            self.preview.bind(preview_endpoint)
+        except zmq.ZMQError as error:
+            self.preview.close(linger=0)
+            self.context.term()
+            self.data.socket.close(linger=0)
+            self.data.context.term()
+            raise _bind_error("preview", preview_endpoint, error) from None
         self.preview_interval = 1.0 / preview_max_fps
         self.sequence = 0
         self.preview_messages = 0
@@ -261,6 +278,17 @@ class Publisher:
             self._monitor.stop()
         self.preview.close(linger=0)
         self.context.term()
+
+
+def _bind_error(channel: str, endpoint: str, error: zmq.ZMQError) -> StemcastError:
+    """Say which endpoint could not be bound, why, and which option sets it."""
+    option = f"{channel}_endpoint"
+    flag = "--" + option.replace("_", "-")
+    reason = zmq.strerror(error.errno) if error.errno is not None else str(error)
+    return StemcastError(
+        f"cannot bind the {channel} channel to {endpoint}: {reason}; choose another address "
+        f"with {flag} (setting {option})"
+    )
 
 
 class _ConnectionMonitor:

@@ -74,7 +74,7 @@ def recall_series(record: RunRecord, settings: ServiceSettings) -> SeriesEntry:
     for start in range(0, frames, step):
         # The scan positions come from the frames' headers: the pixels are not read.
         headers = source.read_headers(start, min(frames, start + step))
-        times = source.times_ns(headers) if source.timestamps_show_lines else None
+        times = source.times_ns(headers, start) if source.timestamps_show_lines else None
         navigation.add(times, source.header_fields(headers))
     header: dict[str, Any] = {
         "series": record["id"],

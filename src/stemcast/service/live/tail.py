@@ -10,9 +10,11 @@ offline reader. The methods here block (they do file I/O); the service calls the
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +22,33 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.batch import BufferPool, FrameBatch
-from stemcast.errors import FormatError
-from stemcast.formats.mib.run import MibRun
-from stemcast.formats.mib.spec import PREFIX_SIZE, parse_header_size, timestamps_ns
+from stemcast.errors import FormatError, StemcastError
+from stemcast.formats.mib.run import MibRun, find_hdr, read_hdr
+from stemcast.formats.mib.spec import (
+    HDR_FRAMES_EXPECTED,
+    HDR_FRAMES_PER_TRIGGER,
+    PREFIX_SIZE,
+    HdrScan,
+    parse_header_size,
+    timestamps_ns,
+)
 from stemcast.formats.runs import run_kind
 from stemcast.formats.tvips.run import TvipsSeries, part_path, series_base
 from stemcast.formats.tvips.spec import MAIN_HEADER_SIZE
 from stemcast.protocol import wire_dtype
+from stemcast.service.live.reasons import describe
 from stemcast.source import Source
 
 __all__ = ["FollowedRun", "MibSource", "NotReady", "TvipsSource", "open_source"]
 
+_logger = logging.getLogger(__name__)
+
 
 class NotReady(Exception):
-    """The file of a new run does not yet hold enough bytes to tell its layout."""
+    """The file of a new run does not yet hold enough bytes to tell its layout.
+
+    Its message says what the file holds and what it waits for.
+    """
 
 
 class FollowedRun(ABC):
@@ -154,8 +169,8 @@ class FollowedRun(ABC):
         """Look at the files again (see :meth:`refresh`)."""
 
     @abstractmethod
-    def times_ns(self, headers: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
-        """Timestamps of frames in ns since the epoch from their headers, if they have them."""
+    def times_ns(self, headers: npt.NDArray[Any], start: int) -> npt.NDArray[np.int64] | None:
+        """Timestamps in ns since the epoch of frames ``start:`` from their headers, if any."""
 
     @abstractmethod
     def exposure_ms(self, headers: npt.NDArray[Any]) -> float | None:
@@ -180,6 +195,10 @@ class MibSource(FollowedRun):
 
     def __init__(self, run: MibRun) -> None:
         self.run = run
+        #: Size and modification time of the ``.hdr`` when it last failed to parse.
+        self._hdr_looked: tuple[int, int] | None = None
+        self._hdr_told = False
+        self._scan = HdrScan()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> MibSource:
@@ -202,12 +221,71 @@ class MibSource(FollowedRun):
         """
         size = os.path.getsize(path)
         if size < PREFIX_SIZE:
-            raise NotReady(os.fspath(path))
+            raise NotReady(f"{size} bytes, fewer than the start of a frame header")
         with open(path, "rb") as stream:
             prefix = stream.read(PREFIX_SIZE)
-        if size < parse_header_size(prefix, path=path):
-            raise NotReady(os.fspath(path))
-        return cls(MibRun.open(path))
+        header_size = parse_header_size(prefix, path=path)
+        if size < header_size:
+            raise NotReady(
+                f"its first frame header announces {header_size} bytes, the file holds {size}"
+            )
+        source = cls(MibRun.open(path, hdr=False))
+        source.read_hdr()
+        return source
+
+    def read_hdr(self) -> bool:
+        """Read the run's ``.hdr`` if it has not been read yet, or changed since it failed.
+
+        The camera may write the ``.hdr`` a moment after the ``.mib`` appears: one that is
+        missing, empty or not a Merlin acquisition header is left out, and read again when
+        it changes, until it parses or the run ends. A non-empty one that does not parse is
+        told once (a warning), as is a count in it that is not a count (``Frames in
+        Acquisition: -5``), which is left out.
+
+        Returns
+        -------
+        bool
+            Whether the ``.hdr`` parsed now: what it announces has changed.
+        """
+        if self.run.hdr_path is not None:
+            return False
+        path = find_hdr(self.run.path)
+        if path is None:
+            return False
+        try:
+            status = os.stat(path)
+        except OSError:
+            return False
+        looked = (status.st_size, status.st_mtime_ns)
+        if looked == self._hdr_looked:
+            return False
+        self._hdr_looked = looked
+        try:
+            entries = read_hdr(path)
+        except (StemcastError, OSError) as error:
+            if status.st_size and not self._hdr_told:
+                self._hdr_told = True
+                _logger.warning(
+                    "%s; the run is followed without it (read again if it changes)",
+                    describe(error, path),
+                )
+            return False
+        self.run = replace(self.run, hdr_path=os.fspath(path), hdr=entries)
+        self._scan = self._checked(self.run.hdr_scan, os.fspath(path))
+        return True
+
+    @staticmethod
+    def _checked(scan: HdrScan, path: str) -> HdrScan:
+        """Leave out the counts of a ``.hdr`` that are not counts, telling each once."""
+        expected, per_trigger = scan.frames_expected, scan.frames_per_trigger
+        for key, value in ((HDR_FRAMES_EXPECTED, expected), (HDR_FRAMES_PER_TRIGGER, per_trigger)):
+            if value is not None and value < 0:
+                _logger.warning("%s: %s is %d, not a count: ignored", path, key, value)
+        return replace(
+            scan,
+            frames_expected=expected if expected is not None and expected > 0 else None,
+            frames_per_trigger=per_trigger if per_trigger is not None and per_trigger > 0 else None,
+        )
 
     @property
     def first_sequence(self) -> int:
@@ -221,18 +299,18 @@ class MibSource(FollowedRun):
 
     @property
     def frames_expected(self) -> int | None:
-        """``Frames in Acquisition`` of the ``.hdr`` (``None`` when absent or 0)."""
-        return self.run.hdr_scan.frames_expected or None
+        """``Frames in Acquisition`` of the ``.hdr`` (``None`` when absent, 0 or negative)."""
+        return self._scan.frames_expected
 
     @property
     def hdr_shape(self) -> tuple[int, int] | None:
         """``ScanX``/``ScanY`` of the ``.hdr`` (Merlin software 1.5 and later)."""
-        return self.run.hdr_scan.scan_size
+        return self._scan.scan_size
 
     @property
     def frames_per_line(self) -> int | None:
         """``Frames per Trigger`` of the ``.hdr``: the scan width for line-triggered scans."""
-        return self.run.hdr_scan.frames_per_trigger
+        return self._scan.frames_per_trigger
 
     def metadata(self) -> dict[str, Any]:
         """Layout and acquisition details from the first frame header and the ``.hdr``."""
@@ -248,8 +326,13 @@ class MibSource(FollowedRun):
         }
 
     def _refresh(self, *, rescan: bool) -> None:
-        """Count the complete records again; ``rescan`` also looks for the run's next file."""
+        """Count the complete records again; ``rescan`` also looks for the run's next file.
+
+        ``rescan`` also reads a ``.hdr`` that has not parsed yet.
+        """
         self.run = self.run.refresh(siblings=rescan)
+        if rescan:
+            self.read_hdr()
 
     def read_headers(self, start: int, stop: int) -> npt.NDArray[Any]:
         """Read the ``S{header_size}`` headers of records ``start:stop``."""
@@ -268,11 +351,11 @@ class MibSource(FollowedRun):
         )
         return FrameBatch(start, frames, records["header"])
 
-    def times_ns(self, headers: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
+    def times_ns(self, headers: npt.NDArray[Any], start: int) -> npt.NDArray[np.int64] | None:
         """Frame timestamps from the extended (``MQ1A``) header block."""
         if self.run.first_header.utc_time is None:
             return None
-        return timestamps_ns(headers)
+        return timestamps_ns(headers, locate=lambda i: self.run.locate(start + i))
 
     def exposure_ms(self, headers: npt.NDArray[Any]) -> float | None:
         """Return the run's exposure (Merlin keeps it for the whole acquisition)."""
@@ -315,8 +398,9 @@ class TvipsSource(FollowedRun):
         NotReady
             When the main header is not complete yet.
         """
-        if os.path.getsize(path) < MAIN_HEADER_SIZE:
-            raise NotReady(os.fspath(path))
+        size = os.path.getsize(path)
+        if size < MAIN_HEADER_SIZE:
+            raise NotReady(f"{size} bytes, fewer than the main header's {MAIN_HEADER_SIZE}")
         return cls(TvipsSeries.open(path))
 
     @property
@@ -366,7 +450,7 @@ class TvipsSource(FollowedRun):
         if grown or (rescan and following.exists()):
             self.run = self.run.refresh()
 
-    def times_ns(self, headers: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
+    def times_ns(self, headers: npt.NDArray[Any], start: int) -> npt.NDArray[np.int64] | None:
         """Frame times (millisecond resolution) in nanoseconds."""
         ms = headers["timestamp"].astype(np.int64) * 1000 + headers["ms"].astype(np.int64)
         times: npt.NDArray[np.int64] = ms * 1_000_000
@@ -391,13 +475,16 @@ class TvipsSource(FollowedRun):
         }
 
 
-def open_source(path: str | os.PathLike[str]) -> FollowedRun:
+def open_source(path: str | os.PathLike[str], *, max_frame_bytes: int | None = None) -> FollowedRun:
     """Open the run whose first file is ``path``.
 
     Parameters
     ----------
     path
         A ``.mib`` file or the ``_000`` part of a TVIPS series.
+    max_frame_bytes
+        Refuse frames larger than this, as stored or decoded: a header claiming absurd
+        frames is not followed (memory follows the frame size).
 
     Returns
     -------
@@ -409,14 +496,26 @@ def open_source(path: str | os.PathLike[str]) -> FollowedRun:
     NotReady
         When the file does not yet hold its first header.
     FormatError
-        When the file is not of its format or is inconsistent.
+        When the file is not of its format, is inconsistent, or its frames are larger than
+        ``max_frame_bytes``.
     """
     kind = run_kind(path)
+    source: FollowedRun
     if kind == "mib":
-        return MibSource.open(path)
-    if kind == "tvips":
-        return TvipsSource.open(path)
-    raise FormatError("not the first file of a Merlin or TVIPS run", path=path)
+        source = MibSource.open(path)
+    elif kind == "tvips":
+        source = TvipsSource.open(path)
+    else:
+        raise FormatError("not the first file of a Merlin or TVIPS run", path=path)
+    rows, cols = source.frame_shape
+    size = max(source.record_size, rows * cols * source.dtype.itemsize)
+    if max_frame_bytes is not None and size > max_frame_bytes:
+        raise FormatError(
+            f"its header claims frames of {rows} x {cols} pixels ({size:,} bytes each), more "
+            f"than max_frame_bytes ({max_frame_bytes:,})",
+            path=path,
+        )
+    return source
 
 
 def series_fields(source: FollowedRun) -> dict[str, Any]:
