@@ -5,6 +5,7 @@ Expected values are numpy's sums of the frames the tests wrote, in the reader's 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -14,7 +15,7 @@ import pytest
 from mib_helpers import write_stored
 from stemcast.formats.mib.lazy_sums import LazyFrames
 from stemcast.readers import mib as ours
-from stemcast.writers.mib import write_mib
+from stemcast.writers.mib import MibWriter, write_mib
 
 DTYPES = {1: np.uint8, 6: np.uint8, 12: np.uint16, 24: np.uint32}
 
@@ -84,3 +85,16 @@ def test_a_frame_range_is_summed_from_its_first_frame(tmp_path: Path) -> None:
     summed = data.sum(axis=(-2, -1))
     assert summed.name.startswith("mib-frame-sums-")
     np.testing.assert_array_equal(summed.compute(), frames[5:17].sum(axis=(-2, -1)))
+
+
+def test_a_run_without_a_complete_frame_sums_to_nothing(tmp_path: Path) -> None:
+    with MibWriter(tmp_path / "cut.mib", frame_shape=(8, 8), frames_expected=8) as writer:
+        # The camera stopped within the first record: its header is there, not its pixels.
+        writer.write_partial(np.zeros((8, 8), np.uint16), writer.layout.record_size - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = ours.file_reader(str(tmp_path / "cut.mib"), lazy=True)[0]["data"]
+    assert data.shape == (0, 8, 8)
+    result = data.sum(axis=(-2, -1)).compute()
+    assert result.shape == (0,)
+    assert result.dtype == np.zeros((0, 8, 8), np.uint16).sum(axis=(-2, -1)).dtype

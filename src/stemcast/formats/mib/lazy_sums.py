@@ -96,7 +96,7 @@ class LazyFrames(da.Array):
         assert self._run is not None
         nav_chunks = self.chunks[:-2]
         nav_shape = self.shape[:-2]
-        if any(len(chunks) != 1 for chunks in self.chunks[-2:]):
+        if any(len(chunks) != 1 for chunks in self.chunks[-2:]) or 0 in self.shape:
             return None
         name = f"mib-frame-sums-{tokenize(self.name, self._run, self._first)}"
         tasks: dict[Any, Any] = {}
