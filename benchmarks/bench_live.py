@@ -521,7 +521,7 @@ def read_back_cpu(path: Path) -> float:
     started = time.thread_time()
     for first in range(0, source.frames, step):
         batch = source.read(first, min(first + step, source.frames), buffers)
-        source.times_ns(batch.headers)
+        source.times_ns(batch.headers, first)
         del batch
     return (time.thread_time() - started) / (source.frames * FRAME_BYTES / 1e9)
 
