@@ -8,13 +8,13 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from stemcast.formats import _frame_sums
+from stemcast.formats import frame_sums
 
 
 def force_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the frame arrays of small test files take the threaded path."""
-    monkeypatch.setattr(_frame_sums, "MIN_PARALLEL_BYTES", 0)
-    monkeypatch.setattr(_frame_sums, "_cores", lambda: 2)
+    monkeypatch.setattr(frame_sums, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(frame_sums, "_cores", lambda: 2)
 
 
 def assert_same_reductions(mine: Any, theirs: Any, signal_ndim: int = 2) -> None:

@@ -25,8 +25,8 @@ from reductions import assert_same_reductions, force_threads
 
 from conftest import shared_file
 from stemcast.errors import ParameterError
-from stemcast.formats._frame_sums import FrameMemmap
 from stemcast.formats.blockfile.spec import FIELD_NAMES, format_header
+from stemcast.formats.frame_sums import FrameMemmap
 from stemcast.readers.blockfile import file_reader, read_header, read_navigator
 from stemcast.writers.blockfile import file_writer
 

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stemcast.formats import _frame_sums
-from stemcast.formats._frame_sums import FrameArray, FrameChunk, FrameMemmap, as_frames
+from stemcast.formats import frame_sums
+from stemcast.formats.frame_sums import FrameArray, FrameChunk, FrameMemmap, as_frames
 
 DTYPES = ["u1", ">u2", "<u2", "<u4", ">u4", "<i2", "?"]
 
@@ -24,9 +24,9 @@ DTYPES = ["u1", ">u2", "<u2", "<u4", ">u4", "<i2", "?"]
 @pytest.fixture(autouse=True)
 def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Take the parallel path for test-sized arrays, with several blocks and threads."""
-    monkeypatch.setattr(_frame_sums, "MIN_PARALLEL_BYTES", 0)
-    monkeypatch.setattr(_frame_sums, "BLOCK_BYTES", 64)
-    monkeypatch.setattr(_frame_sums, "_cores", lambda: 3)
+    monkeypatch.setattr(frame_sums, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setattr(frame_sums, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(frame_sums, "_cores", lambda: 3)
 
 
 @st.composite
@@ -59,8 +59,8 @@ def test_sum_equals_numpy(case: tuple[np.ndarray, Any, bool], kind: type) -> Non
     values, axis, keepdims = case
     expected = np.sum(np.array(values), axis=axis, keepdims=keepdims)
     if values.dtype.kind in "bu":
-        axes = _frame_sums._axes(values, axis)
-        assert _frame_sums._fast_sum(values, axes, None, parallel=True) is not None
+        axes = frame_sums._axes(values, axis)
+        assert frame_sums._fast_sum(values, axes, None, parallel=True) is not None
     result = np.sum(values.view(kind), axis=axis, keepdims=keepdims)
     assert type(result) is type(expected)
     np.testing.assert_array_equal(result, expected, strict=True)
@@ -123,7 +123,7 @@ def test_mean_beyond_exact_floats_is_numpy_own() -> None:
 
 def test_floating_point_and_signed_data_are_numpy_own() -> None:
     for values in (np.linspace(0, 1, 60, dtype=np.float32), np.arange(-30, 30, dtype=np.int16)):
-        assert _frame_sums._fast_sum(values, (0,), None, parallel=True) is None
+        assert frame_sums._fast_sum(values, (0,), None, parallel=True) is None
         assert as_frames(values).sum() == np.array(values).sum()
 
 
@@ -138,7 +138,7 @@ class _CountingPool(ThreadPoolExecutor):
 @pytest.fixture
 def pools(monkeypatch: pytest.MonkeyPatch) -> type[_CountingPool]:
     _CountingPool.started = 0
-    monkeypatch.setattr(_frame_sums, "ThreadPoolExecutor", _CountingPool)
+    monkeypatch.setattr(frame_sums, "ThreadPoolExecutor", _CountingPool)
     return _CountingPool
 
 
@@ -158,10 +158,10 @@ def test_one_core_or_small_arrays_use_no_pool(
     pools: type[_CountingPool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     values = np.ones((4, 4), dtype=np.uint16)
-    monkeypatch.setattr(_frame_sums, "_cores", lambda: 1)
+    monkeypatch.setattr(frame_sums, "_cores", lambda: 1)
     assert as_frames(values).sum() == 16
-    monkeypatch.setattr(_frame_sums, "_cores", lambda: 3)
-    monkeypatch.setattr(_frame_sums, "MIN_PARALLEL_BYTES", 1024)
+    monkeypatch.setattr(frame_sums, "_cores", lambda: 3)
+    monkeypatch.setattr(frame_sums, "MIN_PARALLEL_BYTES", 1024)
     assert as_frames(values).sum() == 16
     assert pools.started == 0
 

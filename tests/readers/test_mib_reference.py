@@ -25,7 +25,7 @@ import pytest
 from reductions import assert_same_reductions, force_threads
 
 from stemcast.errors import ParameterError
-from stemcast.formats._frame_sums import FrameMemmap
+from stemcast.formats.frame_sums import FrameMemmap
 from stemcast.readers import mib as ours
 
 rsciio_qd = pytest.importorskip("rsciio.quantumdetector")

@@ -25,7 +25,7 @@ from reductions import assert_same_reductions, force_threads
 
 from conftest import shared_file
 from stemcast.errors import StemcastError
-from stemcast.formats._frame_sums import FrameArray
+from stemcast.formats.frame_sums import FrameArray
 from stemcast.readers.tvips import file_reader
 from tvips_helpers import assert_same_read, machine_time_zone, ref_read, ref_write, signal_dict
 

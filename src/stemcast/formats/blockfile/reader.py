@@ -14,7 +14,6 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import FormatError, TruncatedError, UnsupportedError
-from stemcast.formats._frame_sums import FrameChunk, as_frames
 from stemcast.formats._mmap import resolve_mmap_mode
 from stemcast.formats.blockfile.spec import (
     MAX_RECORD_SIZE,
@@ -25,6 +24,7 @@ from stemcast.formats.blockfile.spec import (
     parse_header,
     serial_to_datetime,
 )
+from stemcast.formats.frame_sums import FrameChunk, as_frames
 
 _logger = logging.getLogger(__name__)
 

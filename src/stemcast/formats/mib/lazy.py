@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stemcast.formats._frame_sums import FrameChunk
+from stemcast.formats.frame_sums import FrameChunk
 from stemcast.formats.mib.run import MibRun, check_headers
 
 
@@ -60,7 +60,7 @@ class FrameSource:
     def __getitem__(self, key: tuple[slice, ...]) -> npt.NDArray[Any]:
         """Read and decode the block ``key`` (a tuple of step-1 slices, one per axis).
 
-        The block is a :class:`~stemcast.formats._frame_sums.FrameChunk`: its sums over whole
+        The block is a :class:`~stemcast.formats.frame_sums.FrameChunk`: its sums over whole
         frames (what dask asks of each block for a virtual image) take the fast exact path.
         """
         nav_ndim = len(self.nav_shape)

@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import FormatError, ParameterError
-from stemcast.formats._frame_sums import as_frames
 from stemcast.formats._mmap import resolve_mmap_mode
+from stemcast.formats.frame_sums import as_frames
 from stemcast.formats.mib.layout import MibLayout
 from stemcast.formats.mib.lazy import FrameSource, lazy_frames, read_frames
 from stemcast.formats.mib.run import (

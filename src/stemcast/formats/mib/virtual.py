@@ -6,7 +6,7 @@ total is the population count of its payload words ANDed with the mask encoded t
 (:meth:`MibLayout.encode` of the mask), so the frames are never unpacked and the work is that
 of reading the file. Other records are summed one block at a time without decoding to a new
 array where possible (processed pixels in their stored byte order, exact accumulators of
-:mod:`stemcast.formats._frame_sums`), RAW ones after decoding the block. Blocks run on one
+:mod:`stemcast.formats.frame_sums`), RAW ones after decoding the block. Blocks run on one
 thread per core.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import ParameterError
-from stemcast.formats._frame_sums import FrameChunk
+from stemcast.formats.frame_sums import FrameChunk
 from stemcast.formats.mib.layout import MibLayout
 from stemcast.formats.mib.lazy import block_records, in_blocks
 from stemcast.formats.mib.run import MibRun

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stemcast.formats._frame_sums import FrameArray, FrameChunk
+from stemcast.formats.frame_sums import FrameArray, FrameChunk
 from stemcast.formats.tvips.run import TvipsSeries
 
 
@@ -42,7 +42,7 @@ class GridSource:
         return len(self.shape)
 
     def __getitem__(self, key: tuple[slice, ...]) -> npt.NDArray[Any]:
-        """Frames of the block ``key``, as a :class:`~stemcast.formats._frame_sums.FrameChunk`."""
+        """Frames of the block ``key``, as a :class:`~stemcast.formats.frame_sums.FrameChunk`."""
         nav = self.grid.ndim
         cells = self.grid[key[:nav]]
         flat = cells.ravel()

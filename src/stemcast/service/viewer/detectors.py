@@ -13,7 +13,7 @@ measure is computed once per run whatever the number of pages that show it, eith
 frames in memory (:func:`batch_sums`, the batch the follower has just read) or from the
 run's files (:func:`file_sums`: for Merlin rings the readers' virtual-image kernels, which
 never unpack 1-bit frames; otherwise decoded block by block with the exact frame sums of
-:mod:`stemcast.formats._frame_sums`).
+:mod:`stemcast.formats.frame_sums`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemcast.errors import ParameterError
-from stemcast.formats._frame_sums import FrameChunk
+from stemcast.formats.frame_sums import FrameChunk
 from stemcast.formats.mib.run import MibRun
 from stemcast.formats.mib.virtual import frame_totals
 from stemcast.service.live.tail import FollowedRun
