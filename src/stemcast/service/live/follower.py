@@ -60,6 +60,11 @@ _logger = logging.getLogger(__name__)
 #: Seconds between two writes of a run's frame count to the registry.
 _RECORD_INTERVAL_S = 1.0
 
+#: How many times a batch of frames a batch of headers alone is (see
+#: ``RunFollower._batch_size``): 16 x 4 MiB of frames is 512 headers of 256 x 256 12-bit
+#: frames, 192 KiB read.
+HEADER_BATCHES = 16
+
 
 @dataclass(frozen=True, slots=True)
 class _Records:
@@ -464,21 +469,37 @@ class RunFollower:
             since=since,
         )
 
-    async def _publish(self, available: int) -> None:
-        """Publish the next batch while the one after it is read and decoded in a thread."""
+    def _batch_size(self, start: int) -> int:
+        """Count the records to read at once from ``start``: frames, or headers only.
+
+        When no data client takes the frames as they are read (a run that appeared whole,
+        clients behind), only the headers are read, and in batches
+        :data:`HEADER_BATCHES` times as long: each batch costs its bookkeeping (timestamps,
+        scan shape, metrics, the catalog) whatever its length.
+        """
+        if start < self._one_by_one:
+            return 1
         rows, cols = self.source.frame_shape
         frame_bytes = max(1, rows * cols * self.source.dtype.itemsize)
         size = max(1, self.settings.batch_bytes // frame_bytes)
-        if self.published < self._one_by_one:
-            size = 1
+        if not self.publisher.wants_frames(self.entry, start):
+            size *= HEADER_BATCHES
+        return size
+
+    async def _publish(self, available: int) -> None:
+        """Publish the next batch while the one after it is read and decoded in a thread."""
         self._report_lag()
         start = self.published
-        stop = self._ahead_stop if self._ahead is not None else min(available, start + size)
+        stop = (
+            self._ahead_stop
+            if self._ahead is not None
+            else min(available, start + self._batch_size(start))
+        )
         reading = self._ahead or self._read(start, stop)
         self._ahead = None
         try:
             records = await reading
-            following = min(available, records.stop + size)
+            following = min(available, records.stop + self._batch_size(records.stop))
             headers = records.headers
             times = self.source.times_ns(headers, start)
             fields = self.source.header_fields(headers)
