@@ -866,7 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="LINES",
-        help="draw this many lines of patterns and repeat them (fast cameras)",
+        help="repeat the first LINES scan lines over the whole scan (0: every line its own)",
     )
     simulate.add_argument(
         "--no-scan-engine",
