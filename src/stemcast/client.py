@@ -125,7 +125,8 @@ class Subscriber:
         Give up waiting for a message after this long (:class:`TimeoutError`); ``None``
         waits for ever.
     credit
-        Data channel: most messages the service sends ahead of what was consumed.
+        Data channel: most messages the service sends ahead of what was consumed (the
+        service also bounds the bytes of frames in flight, ``data_credit_bytes``).
     hwm
         Preview channel: receive high-water mark in messages.
 
@@ -150,7 +151,7 @@ class Subscriber:
         start: Start = "live",
         preview: bool = False,
         timeout_s: float | None = None,
-        credit: int = 64,
+        credit: int = 128,
         hwm: int = 1000,
     ) -> None:
         self.context = zmq.Context()
@@ -266,6 +267,10 @@ class Subscriber:
             # Most messages are there already when the last one is consumed: no poll.
             parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
         except zmq.Again:
+            if self._consumed and not self.preview:
+                # Everything sent has been consumed: the service may be waiting for credit
+                # (its bound in bytes can be below this subscriber's credit).
+                self._give_credit()
             self._wait()
             parts = self.socket.recv_multipart(copy=False)
         header = decode_header(parts[0].bytes)

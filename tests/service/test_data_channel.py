@@ -22,6 +22,7 @@ from rsciio.quantumdetector import file_reader as read_mib
 
 from stemcast.client import Frame, SeriesEnd, Start, Subscriber
 from stemcast.formats.mib.writer import MibWriter
+from stemcast.protocol import CREDIT, SUBSCRIBE
 from stemcast.simulate import diffraction_patterns, simulate_mib
 
 DOCS = Path(__file__).parents[2] / "docs"
@@ -391,3 +392,78 @@ def test_a_malformed_position_file_is_refused_naming_it(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert str(position) in result.stderr
     assert "SERIES:FRAME" in result.stderr
+
+
+def test_frames_in_flight_to_a_client_are_bounded_in_bytes_whatever_its_credit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zmq
+
+    # 64 x 64 frames of 12-bit counts, sent as uint16: 8 KiB each; room for 5 of them.
+    frame_bytes = 64 * 64 * 2
+    bound = 5
+    monkeypatch.setenv("STEMCAST_DATA_CREDIT_BYTES", str(bound * frame_bytes))
+    with daemons(tmp_path) as start:
+        service = start()
+        assert service.http is not None
+        context = zmq.Context()
+        socket = context.socket(zmq.DEALER)
+        socket.linger = 0
+        socket.connect(service.data)
+        try:
+            socket.send(json.dumps({"htype": SUBSCRIBE, "start": "run", "credit": 100}).encode())
+            simulate_mib(
+                tmp_path / "camera", name="bounded", scan_shape=(8, 8), frame_size=64,
+                counter_depth=12, hdr_scan_size=True,
+            )  # fmt: skip
+            wait_until(
+                lambda: call("GET", f"{service.http}/runs")[1],
+                lambda body: any(run["status"] == "complete" for run in body["runs"]),
+            )
+
+            def frames_received(seconds: float) -> list[int]:
+                """Frame indices received within ``seconds``, giving no credit back."""
+                indices: list[int] = []
+                deadline = time.monotonic() + seconds
+                while socket.poll(max(1, round((deadline - time.monotonic()) * 1000))):
+                    header = json.loads(socket.recv_multipart()[0])
+                    if header["htype"] == "stemcast-frame-1.0":
+                        indices.append(header["frame"])
+                return indices
+
+            # A credit of 100 messages, but at most 5 frames' bytes before credit comes back.
+            first = frames_received(1.0)
+            assert 1 <= len(first) <= bound, first
+            assert first == list(range(len(first)))
+            socket.send(json.dumps({"htype": CREDIT, "credit": len(first) + 1}).encode())
+            second = frames_received(1.0)
+            assert 1 <= len(second) <= bound, second
+            assert second == list(range(len(first), len(first) + len(second)))
+        finally:
+            socket.close()
+            context.term()
+
+
+def test_a_client_whose_credit_exceeds_the_bound_in_bytes_gets_every_frame_without_stalls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan = (16, 16)
+    # Two 64 x 64 uint16 frames in flight at most, against the subscriber's credit of 128:
+    # it must give credit back as soon as it has read what it got.
+    monkeypatch.setenv("STEMCAST_DATA_CREDIT_BYTES", str(2 * 64 * 64 * 2))
+    with daemons(tmp_path) as start:
+        service = start()
+        client = Client(service.data)
+        simulate_mib(
+            tmp_path / "camera", name="small", scan_shape=scan, frame_size=64, counter_depth=12,
+            hdr_scan_size=True,
+        )  # fmt: skip
+        began = time.monotonic()
+        client.join(60)
+    assert client.indices == list(range(scan[0] * scan[1]))
+    # A client giving credit only after half its credit (64 messages) or its 1 s heartbeat
+    # would wait a second for every two frames: 128 s.
+    assert client.ended_at is not None
+    assert client.ended_at - began < 20
+    expected = expected_frames(tmp_path / "camera" / "small.mib", scan)
+    np.testing.assert_array_equal(np.stack(client.frames), expected)

@@ -469,6 +469,7 @@ async def _serve(
             settings.data_endpoint,
             settings.preview_endpoint,
             data_credit=settings.data_credit,
+            data_credit_bytes=settings.data_credit_bytes,
             preview_hwm=settings.preview_hwm,
             preview_max_fps=settings.preview_max_fps,
             client_timeout_s=settings.client_timeout_s,

@@ -206,10 +206,16 @@ class ServiceSettings(BaseSettings):
         "largest cameras write 8192 x 8192 16-bit frames, 128 MiB).",
     )
     data_credit: int = Field(
-        default=64,
+        default=128,
         ge=1,
         description="Most messages in flight to one data client (its credit): a slow client "
         "holds back only itself, and reads older frames back from the files.",
+    )
+    data_credit_bytes: int = Field(
+        default=32 * 2**20,
+        ge=1,
+        description="Most bytes of frames in flight to one data client, whatever its credit "
+        "(at least one frame): what a client's queue holds of the service's memory.",
     )
     client_timeout_s: float = Field(
         default=30.0,

@@ -67,12 +67,15 @@ class _Session:
     """One client: where it stands, what it may be sent, when it last spoke."""
 
     identity: bytes
+    #: Messages it may be sent now; ``granted - credit`` are in flight.
     credit: int
     last_seen: float
     wake: asyncio.Event
     entry: SeriesEntry | None = None
     #: Waiting for the series that starts after this one (``None``: after the newest now).
     after: SeriesEntry | None = None
+    #: Its credit when nothing is in flight: what it asked for, at most the server's most.
+    granted: int = 0
     frame: int = 0
     announced: bool = False
     messages: int = 0
@@ -93,6 +96,10 @@ class DataServer:
         The series to serve.
     max_credit
         Most messages in flight to one client, whatever credit it asks for.
+    max_bytes_in_flight
+        Most bytes of frames in flight to one client, whatever its credit (at least one
+        frame): its messages queued in ZeroMQ and unread by the client hold their frames'
+        memory.
     batch_bytes
         Most bytes of frames read back from the files at a time for one client.
     client_timeout_s
@@ -106,13 +113,15 @@ class DataServer:
         endpoint: str,
         catalog: Catalog,
         *,
-        max_credit: int = 64,
+        max_credit: int = 128,
+        max_bytes_in_flight: int = 32 * 2**20,
         batch_bytes: int = 8 * 2**20,
         client_timeout_s: float = 30.0,
         metrics: Metrics | None = None,
     ) -> None:
         self.catalog = catalog
         self.max_credit = max_credit
+        self.max_bytes_in_flight = max_bytes_in_flight
         self.batch_bytes = batch_bytes
         self.client_timeout_s = client_timeout_s
         self.metrics = metrics
@@ -261,7 +270,7 @@ class DataServer:
         if kind != CREDIT or session is None:
             raise ValueError(f"unknown request {kind!r}")
         session.last_seen = time.monotonic()
-        session.credit = min(self.max_credit, session.credit + credit)
+        session.credit = min(session.granted, session.credit + credit)
         session.wake.set()
 
     def _needs_recall(self, start: Any) -> bool:
@@ -294,11 +303,13 @@ class DataServer:
             _logger.error("data client %s: not placed: %s", identity.hex(), task.exception())
 
     async def _subscribe(self, identity: bytes, start: Any, credit: int | None) -> None:
+        granted = self.max_credit if credit is None else min(credit, self.max_credit)
         session = _Session(
             identity,
-            credit=self.max_credit if credit is None else min(credit, self.max_credit),
+            credit=granted,
             last_seen=time.monotonic(),
             wake=self.catalog.listen(),
+            granted=granted,
         )
         problem = self._place(session, start)
         if problem is not None:
@@ -394,8 +405,11 @@ class DataServer:
                 return True
             # Resumed after this series' end: nothing of it is owed, not even its start.
         if session.frame < entry.frames:
+            room = self._room(session, entry)
+            if room <= 0:
+                return False
             try:
-                await self._frames(session, entry)
+                await self._frames(session, entry, room)
             except (StemcastError, OSError) as error:
                 if entry.end is None:
                     raise
@@ -426,12 +440,21 @@ class DataServer:
         session.credit -= 1
         await self._send(session.identity, header, *data)
 
-    async def _frames(self, session: _Session, entry: SeriesEntry) -> None:
-        """Send the client its next frames, at most a batch and its credit."""
+    def _room(self, session: _Session, entry: SeriesEntry) -> int:
+        """Frames of ``entry`` the client may be sent now: its credit, bounded in bytes.
+
+        Every message in flight counts as a frame of this series (the series' own messages
+        are small: the bound errs on the safe side); with nothing in flight, one frame
+        always fits.
+        """
+        in_flight = session.granted - session.credit
+        by_bytes = max(1, self.max_bytes_in_flight // max(1, entry.frame_bytes))
+        return min(session.credit, by_bytes - in_flight)
+
+    async def _frames(self, session: _Session, entry: SeriesEntry, room: int) -> None:
+        """Send the client its next frames, at most a batch and ``room``."""
         per_frame = max(1, entry.frame_bytes)
-        count = min(
-            session.credit, entry.frames - session.frame, max(1, self.batch_bytes // per_frame)
-        )
+        count = min(room, entry.frames - session.frame, max(1, self.batch_bytes // per_frame))
         started = time.perf_counter()
         # A client that keeps up takes the batch the follower has just read; one behind
         # reads its frames back from the files, into buffers of its own.

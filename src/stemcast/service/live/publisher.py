@@ -54,6 +54,8 @@ class Publisher:
         :attr:`data_address`).
     data_credit
         Most messages in flight to one data client.
+    data_credit_bytes
+        Most bytes of frames in flight to one data client (at least one frame).
     preview_hwm
         High-water mark of the preview channel, in messages.
     preview_max_fps
@@ -77,7 +79,8 @@ class Publisher:
         data_endpoint: str,
         preview_endpoint: str,
         *,
-        data_credit: int = 64,
+        data_credit: int = 128,
+        data_credit_bytes: int = 32 * 2**20,
         preview_hwm: int = 2,
         preview_max_fps: float = 10.0,
         client_timeout_s: float = 30.0,
@@ -91,6 +94,7 @@ class Publisher:
                 data_endpoint,
                 self.catalog,
                 max_credit=data_credit,
+                max_bytes_in_flight=data_credit_bytes,
                 batch_bytes=batch_bytes,
                 client_timeout_s=client_timeout_s,
                 metrics=metrics,
