@@ -306,6 +306,19 @@ class TvipsSeries(Source):
         """Return the index of the first frame of each part, then the number of frames."""
         return np.cumsum([0, *(part.frames for part in self.parts)], dtype=np.int64)
 
+    def _spans(self, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """Yield ``(part number, first, stop)`` of the records ``start:stop`` in each part.
+
+        ``first`` and ``stop`` count the part's own records; parts holding none are left out.
+        """
+        bounds = self.bounds()
+        for number in range(len(self.parts)):
+            begin = int(bounds[number])
+            lo = max(start, begin) - begin
+            hi = min(stop, int(bounds[number + 1])) - begin
+            if hi > lo:
+                yield number, lo, hi
+
     def _check_range(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.frames:
             raise ParameterError(
@@ -416,13 +429,9 @@ class TvipsSeries(Source):
         """
         stop = self.frames if stop is None else stop
         self._check_range(start, stop)
-        bounds = self.bounds()
         pieces = []
-        for number, part in enumerate(self.parts):
-            lo = max(start, int(bounds[number])) - int(bounds[number])
-            hi = min(stop, int(bounds[number + 1])) - int(bounds[number])
-            if hi <= lo:
-                continue
+        for number, lo, hi in self._spans(start, stop):
+            part = self.parts[number]
             headers = np.array(self.memmap(number)["header"][lo:hi])
             offset = part.offset + lo * self.layout.record_size
             self.layout.check_headers(
@@ -467,13 +476,9 @@ class TvipsSeries(Source):
             )
         records = np.empty(stop - start, dtype=layout.record_dtype) if out is None else out
         buffer = records.view(np.uint8)
-        bounds = self.bounds()
         filled = 0
-        for number, part in enumerate(self.parts):
-            lo = max(start, int(bounds[number])) - int(bounds[number])
-            hi = min(stop, int(bounds[number + 1])) - int(bounds[number])
-            if hi <= lo:
-                continue
+        for number, lo, hi in self._spans(start, stop):
+            part = self.parts[number]
             offset = part.offset + lo * layout.record_size
             size = (hi - lo) * layout.record_size
             view = memoryview(buffer[filled * layout.record_size :][:size])  # type: ignore[arg-type]
@@ -509,13 +514,9 @@ class TvipsSeries(Source):
         layout = self.layout
         headers = np.empty(stop - start, dtype=layout.header_dtype)
         raw = headers.view(np.uint8).reshape(stop - start, layout.header_bytes)
-        bounds = self.bounds()
         filled = 0
-        for number, part in enumerate(self.parts):
-            lo = max(start, int(bounds[number])) - int(bounds[number])
-            hi = min(stop, int(bounds[number + 1])) - int(bounds[number])
-            if hi <= lo:
-                continue
+        for number, lo, hi in self._spans(start, stop):
+            part = self.parts[number]
             offset = part.offset + lo * layout.record_size
             read_strided(part.path, offset, layout.record_size, raw[filled : filled + hi - lo])
             layout.check_headers(
